@@ -1,0 +1,14 @@
+//! genrelab: a DAG engine of content-hashed stages (this crate's `src/`) and the science it runs (`stages/`).
+//!
+//! The engine never knows what a mel spectrogram is; a stage never knows where artifacts live. They meet in
+//! [`stage`]: the engine calls a [`stage::StageKind`] with a [`stage::StageContext`].
+
+pub mod stage;
+
+#[path = "../stages/mod.rs"]
+pub mod stages;
+
+/// Build-time digests of each `stages/` folder's sources.
+pub mod code {
+    include!(concat!(env!("OUT_DIR"), "/stage_sources.rs"));
+}

@@ -1,0 +1,380 @@
+//! The contract between the engine and the science: what a stage kind declares, and what it is given to run.
+//!
+//! A stage kind is registered by name. It declares the artifacts it needs (by artifact name, found among the
+//! outputs of the upstream stages listed under `inputs:` in `pipeline.yaml`), the artifacts it produces, its
+//! typed params, and the `stages/` folders its code lives in (their build-time digest is its code fingerprint).
+//!
+//! A stage never learns where the store is: it gets read-only paths to its inputs, a scratch directory for its
+//! outputs, a thread budget, and RNGs seeded from what it computes on. It returns lineage records (which tracks,
+//! segments, splits it consumed and produced) and a few summary lines; the engine hashes and publishes the rest.
+//!
+//! Invariants every stage keeps:
+//! - Same params and same input bytes give the same output bytes, whatever `threads` is.
+//! - Only declared outputs are written, each as one file at `ctx.output_path(name)`.
+//! - Randomness comes from `ctx.rng(stream)` only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The pseudo-stage that stands for the raw dataset folder; stages list it under `inputs:` like any stage.
+pub const DATASET: &str = "dataset";
+
+/// One artifact a stage kind needs from its inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct Need {
+    /// Artifact name, e.g. `tracks` or `features`.
+    pub artifact: &'static str,
+    /// `true` when several inputs may each provide one (e.g. the tournament takes one `model` per trainer).
+    pub many: bool,
+}
+
+impl Need {
+    pub const fn one(artifact: &'static str) -> Self {
+        Need {
+            artifact,
+            many: false,
+        }
+    }
+    pub const fn many(artifact: &'static str) -> Self {
+        Need {
+            artifact,
+            many: true,
+        }
+    }
+}
+
+/// Failure inside a stage. Each variant names what a user needs to find the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    BadFile { path: PathBuf, reason: String },
+    #[error("input artifact `{artifact}`: {reason}")]
+    BadInput { artifact: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl StageError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StageError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn bad_file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        StageError::BadFile {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+    pub fn bad_input(artifact: impl Into<String>, reason: impl Into<String>) -> Self {
+        StageError::BadInput {
+            artifact: artifact.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Param validation failure; the engine adds the file, line and column.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ParamError {
+    /// The offending key, when serde names one (used to find its line in pipeline.yaml).
+    pub key: Option<String>,
+    pub message: String,
+}
+
+/// What a finished stage hands back besides its output files.
+#[derive(Debug, Default)]
+pub struct StageReport {
+    /// Record-level lineage (identities consumed and produced). Must be canonical: maps are BTreeMaps, lists
+    /// are in a defined order. Stored in the artifact manifest, hashed with it.
+    pub lineage: serde_json::Value,
+    /// A few human lines (`run` and `status` print them): quarantine, split sizes, accuracy.
+    pub summary: Vec<String>,
+}
+
+/// One file among the dataset's raw inputs, hashed by content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFile {
+    /// Path relative to the dataset root, `/`-separated.
+    pub rel_path: String,
+    pub size: u64,
+    /// blake3 of the file bytes, lowercase hex.
+    pub digest: String,
+}
+
+/// The raw dataset folder as the engine saw and hashed it.
+#[derive(Debug, Clone)]
+pub struct DatasetView {
+    pub root: PathBuf,
+    /// Sorted by `rel_path`.
+    pub files: Vec<RawFile>,
+    pub digest: String,
+}
+
+/// One input artifact handed to a stage.
+#[derive(Debug, Clone)]
+pub struct InputArtifact {
+    /// The upstream stage that produced it.
+    pub stage: String,
+    pub path: PathBuf,
+    pub digest: String,
+}
+
+/// Progress reporting for long loops; hidden when stderr is not a terminal.
+pub type Progress = indicatif::ProgressBar;
+
+/// Everything a stage is given to run.
+pub struct StageContext {
+    stage_name: String,
+    seed_material: [u8; 32],
+    threads: usize,
+    inputs: BTreeMap<String, Vec<InputArtifact>>,
+    dataset: Option<DatasetView>,
+    out_dir: PathBuf,
+    outputs: Vec<&'static str>,
+    progress: indicatif::MultiProgress,
+}
+
+impl StageContext {
+    /// Built by the engine (and by stage unit tests, which pass their own temp dirs and files).
+    pub fn new(
+        stage_name: impl Into<String>,
+        seed_material: [u8; 32],
+        threads: usize,
+        inputs: BTreeMap<String, Vec<InputArtifact>>,
+        dataset: Option<DatasetView>,
+        out_dir: PathBuf,
+        outputs: Vec<&'static str>,
+    ) -> Self {
+        StageContext {
+            stage_name: stage_name.into(),
+            seed_material,
+            threads: threads.max(1),
+            inputs,
+            dataset,
+            out_dir,
+            outputs,
+            progress: indicatif::MultiProgress::with_draw_target(
+                indicatif::ProgressDrawTarget::hidden(),
+            ),
+        }
+    }
+
+    pub fn with_progress(mut self, progress: indicatif::MultiProgress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    pub fn stage_name(&self) -> &str {
+        &self.stage_name
+    }
+
+    /// Worker threads this stage may use (rayon work already runs inside a pool of this size).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The path of the single artifact named `artifact` among the inputs.
+    pub fn input(&self, artifact: &str) -> Result<&Path, StageError> {
+        match self.inputs.get(artifact).map(Vec::as_slice) {
+            Some([one]) => Ok(&one.path),
+            Some([]) | None => Err(StageError::bad_input(
+                artifact,
+                "no input stage provides it",
+            )),
+            Some(many) => Err(StageError::bad_input(
+                artifact,
+                format!("{} input stages provide it, expected one", many.len()),
+            )),
+        }
+    }
+
+    /// Every input artifact named `artifact`, in the order the inputs are listed in pipeline.yaml.
+    pub fn inputs(&self, artifact: &str) -> &[InputArtifact] {
+        self.inputs.get(artifact).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The raw dataset, for stages that list `dataset` among their inputs.
+    pub fn dataset(&self) -> Result<&DatasetView, StageError> {
+        self.dataset
+            .as_ref()
+            .ok_or_else(|| StageError::bad_input(DATASET, "this stage does not list `dataset` as an input"))
+    }
+
+    /// Where to write the declared output `artifact` (one file).
+    pub fn output_path(&self, artifact: &str) -> Result<PathBuf, StageError> {
+        if self.outputs.contains(&artifact) {
+            Ok(self.out_dir.join(artifact))
+        } else {
+            Err(StageError::Invalid(format!(
+                "stage `{}` wrote undeclared output `{artifact}` (declared: {})",
+                self.stage_name,
+                self.outputs.join(", ")
+            )))
+        }
+    }
+
+    /// A deterministic RNG for one named purpose. Seeded from the stage's kind, params and input digests
+    /// (not its code fingerprint: a comment edit re-runs a stage but must not re-draw its split).
+    pub fn rng(&self, stream: &str) -> ChaCha20Rng {
+        let mut hasher = blake3::Hasher::new_derive_key("genrelab stage rng v1");
+        hasher.update(&self.seed_material);
+        hasher.update(stream.as_bytes());
+        ChaCha20Rng::from_seed(*hasher.finalize().as_bytes())
+    }
+
+    /// A progress bar for `len` units of work, labelled with the stage name.
+    pub fn progress(&self, len: u64, what: &str) -> Progress {
+        let bar = self.progress.add(indicatif::ProgressBar::new(len));
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix:>12} {msg:<10} [{bar:30}] {pos}/{len} {elapsed}/{duration}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
+        bar.set_prefix(self.stage_name.clone());
+        bar.set_message(what.to_string());
+        bar
+    }
+}
+
+/// A stage kind as the engine sees it. Implemented once, generically, by [`TypedStage`].
+pub trait StageKind: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// One line for `--help`-style listings.
+    fn about(&self) -> &'static str;
+    fn needs(&self) -> &'static [Need];
+    fn outputs(&self) -> &'static [&'static str];
+    /// `stages/` folders whose sources make up this kind's code fingerprint.
+    fn code_dirs(&self) -> &'static [&'static str];
+    /// Validate params (YAML) and return their canonical JSON form, defaults filled in.
+    fn canonical_params(&self, raw: &serde_yaml::Value) -> Result<serde_json::Value, ParamError>;
+    /// Run on canonical params (as returned by `canonical_params`).
+    fn run(&self, params: &serde_json::Value, ctx: &StageContext) -> Result<StageReport, StageError>;
+}
+
+/// The usual way to define a stage kind: a typed params struct and a function.
+pub struct TypedStage<P> {
+    pub kind: &'static str,
+    pub about: &'static str,
+    pub needs: &'static [Need],
+    pub outputs: &'static [&'static str],
+    pub code_dirs: &'static [&'static str],
+    pub run: fn(&P, &StageContext) -> Result<StageReport, StageError>,
+}
+
+impl<P> StageKind for TypedStage<P>
+where
+    P: DeserializeOwned + Serialize + Send + Sync + 'static,
+{
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn about(&self) -> &'static str {
+        self.about
+    }
+    fn needs(&self) -> &'static [Need] {
+        self.needs
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        self.outputs
+    }
+    fn code_dirs(&self) -> &'static [&'static str] {
+        self.code_dirs
+    }
+    fn canonical_params(&self, raw: &serde_yaml::Value) -> Result<serde_json::Value, ParamError> {
+        // A missing `params:` means "all defaults"; the params struct must be `#[serde(default)]`.
+        let raw = if raw.is_null() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            raw.clone()
+        };
+        let typed: P = serde_yaml::from_value(raw).map_err(|e| {
+            let message = e.to_string();
+            ParamError {
+                key: offending_key(&message),
+                message,
+            }
+        })?;
+        serde_json::to_value(&typed).map_err(|e| ParamError {
+            key: None,
+            message: e.to_string(),
+        })
+    }
+    fn run(&self, params: &serde_json::Value, ctx: &StageContext) -> Result<StageReport, StageError> {
+        let typed: P = serde_json::from_value(params.clone())
+            .map_err(|e| StageError::Invalid(format!("params: {e}")))?;
+        (self.run)(&typed, ctx)
+    }
+}
+
+/// serde names the offending key in backticks ("unknown field `n_mel`", "missing field `x`", or
+/// "n_mels: invalid type: ..."); pull it out so the engine can point at its line.
+fn offending_key(message: &str) -> Option<String> {
+    if let Some(rest) = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))
+    {
+        return rest.split('`').next().map(str::to_string);
+    }
+    let (path, _) = message.split_once(": ")?;
+    let leaf = path.rsplit('.').next()?;
+    let leaf = leaf.split('[').next()?;
+    (!leaf.is_empty() && !leaf.contains(' ')).then(|| leaf.to_string())
+}
+
+/// Write `value` as canonical JSON (sorted keys, no whitespace, shortest round-trip floats): the byte form of
+/// every JSON artifact, so equal content always hashes equal.
+pub fn write_canonical_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StageError> {
+    let value = serde_json::to_value(value).map_err(|e| StageError::Invalid(e.to_string()))?;
+    let bytes = serde_json::to_vec(&value).map_err(|e| StageError::Invalid(e.to_string()))?;
+    std::fs::write(path, bytes).map_err(|e| StageError::io(path, e))
+}
+
+/// Read a JSON artifact written by [`write_canonical_json`].
+pub fn read_json<T: DeserializeOwned>(path: &Path, artifact: &str) -> Result<T, StageError> {
+    let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| StageError::bad_input(artifact, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offending_key_is_found_in_serde_messages() {
+        assert_eq!(
+            offending_key("unknown field `n_mel`, expected one of `n_mels`"),
+            Some("n_mel".into())
+        );
+        assert_eq!(
+            offending_key("n_mels: invalid type: string \"x\", expected u32"),
+            Some("n_mels".into())
+        );
+        assert_eq!(offending_key("invalid type: sequence"), None);
+    }
+
+    #[test]
+    fn rng_streams_are_distinct_and_repeatable() {
+        use rand::RngCore;
+        let ctx = |seed| {
+            StageContext::new("s", seed, 1, BTreeMap::new(), None, PathBuf::new(), vec![])
+        };
+        let a = ctx([1; 32]).rng("split").next_u64();
+        assert_eq!(a, ctx([1; 32]).rng("split").next_u64());
+        assert_ne!(a, ctx([1; 32]).rng("other").next_u64());
+        assert_ne!(a, ctx([2; 32]).rng("split").next_u64());
+    }
+}

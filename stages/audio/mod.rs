@@ -1,0 +1,1 @@
+//! Audio decoding shared by ingest and features.

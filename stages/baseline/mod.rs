@@ -1,0 +1,23 @@
+//! Stage `baseline` (not yet implemented).
+
+use crate::stage::{StageError, StageKind, StageReport, TypedStage, StageContext};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {}
+
+fn run(_params: &Params, _ctx: &StageContext) -> Result<StageReport, StageError> {
+    Err(StageError::Invalid("stage `baseline` is not implemented yet".into()))
+}
+
+pub fn kind() -> Box<dyn StageKind> {
+    Box::new(TypedStage::<Params> {
+        kind: "baseline",
+        about: "not implemented yet",
+        needs: &[],
+        outputs: &["baseline"],
+        code_dirs: &["baseline"],
+        run,
+    })
+}

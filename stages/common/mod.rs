@@ -1,0 +1,4 @@
+//! Formats shared by several stages: the JSON record tables and the tensor file.
+
+pub mod tables;
+pub mod tensors;

@@ -1,0 +1,32 @@
+//! The science: one folder per stage kind, each a pure function over typed inputs, testable without the
+//! engine. `registry()` is the only place the engine learns which kinds exist.
+
+pub mod audio;
+pub mod baseline;
+pub mod common;
+pub mod features;
+pub mod ingest;
+pub mod scaler;
+pub mod slice;
+pub mod split;
+pub mod synth;
+#[cfg(feature = "toy-stages")]
+pub mod toy;
+
+use crate::stage::StageKind;
+
+/// Every stage kind this build knows, by kind name.
+pub fn registry() -> Vec<Box<dyn StageKind>> {
+    #[allow(unused_mut)]
+    let mut kinds: Vec<Box<dyn StageKind>> = vec![
+        ingest::kind(),
+        split::kind(),
+        slice::kind(),
+        features::kind(),
+        scaler::kind(),
+        baseline::kind(),
+    ];
+    #[cfg(feature = "toy-stages")]
+    kinds.extend(toy::kinds());
+    kinds
+}

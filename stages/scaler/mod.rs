@@ -1,0 +1,23 @@
+//! Stage `scaler` (not yet implemented).
+
+use crate::stage::{StageError, StageKind, StageReport, TypedStage, StageContext};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {}
+
+fn run(_params: &Params, _ctx: &StageContext) -> Result<StageReport, StageError> {
+    Err(StageError::Invalid("stage `scaler` is not implemented yet".into()))
+}
+
+pub fn kind() -> Box<dyn StageKind> {
+    Box::new(TypedStage::<Params> {
+        kind: "scaler",
+        about: "not implemented yet",
+        needs: &[],
+        outputs: &["scaler"],
+        code_dirs: &["scaler"],
+        run,
+    })
+}

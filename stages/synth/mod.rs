@@ -1,0 +1,1 @@
+//! The synthetic GTZAN-shaped corpus generator.
