@@ -12,3 +12,15 @@ pub mod stages;
 pub mod code {
     include!(concat!(env!("OUT_DIR"), "/stage_sources.rs"));
 }
+
+pub mod cli;
+pub mod config;
+pub mod dag;
+pub mod engine;
+pub mod hashing;
+pub mod inspect;
+pub mod lock;
+pub mod manifest;
+pub mod rawinput;
+pub mod reason;
+pub mod store;

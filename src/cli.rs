@@ -1,0 +1,81 @@
+//! What the user typed, as clap structs: flags only, validated without I/O. `main.rs` resolves them into a
+//! loaded pipeline and an opened store, then dispatches.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::dag::DagFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "genrelab",
+    version,
+    about = "Reproduce a leak-free music-genre-classification study as a DAG of content-hashed stages",
+    long_about = "genrelab runs the stages declared in pipeline.yaml (ingest -> split -> slice -> features -> \
+scaler -> ...), caching every output in artifacts/ by content. A stage re-runs only when its code, its params \
+or the content of its inputs change; pipeline.lock records what each stage produced so that anyone can verify \
+the results bit for bit.\n\nExit status: 0 success; 1 a check found a problem (stale stages for `status`, \
+bad artifacts for `verify`); 2 an error (bad configuration, a failed stage, unreadable files)."
+)]
+pub struct Cli {
+    /// The pipeline file; its folder holds pipeline.lock and artifacts/.
+    #[arg(long, short = 'c', global = true, default_value = "pipeline.yaml", value_name = "FILE")]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every stale stage, in parallel where the DAG allows; print for each stage `ran` or `cached` and why.
+    ///
+    /// A stage runs when its key (code, params, input content) is not in the store. A failing stage stops its
+    /// descendants only; the others finish. When pipeline.yaml sets `dataset.synthetic`, the embedded
+    /// synthetic corpus is generated into `dataset.root` first if it is not there yet.
+    Run {
+        /// Run only this stage and what it depends on.
+        #[arg(long, value_name = "STAGE")]
+        until: Option<String>,
+        /// Re-run this stage even if cached (repeatable); its outputs must come out bit-identical, or the run
+        /// reports the stage as nondeterministic.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Worker threads shared by all stages (independent stages run side by side). Results never depend
+        /// on it. Default: the number of CPUs.
+        #[arg(short = 'j', long, value_name = "N")]
+        jobs: Option<usize>,
+    },
+    /// Show which stages are up to date or stale, and why, without running anything. Exits 1 if any is stale.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage graph.
+    Dag {
+        #[arg(long, value_enum, default_value_t = DagFormat::Text)]
+        format: DagFormat,
+    },
+    /// Show the upstream tree of a stage's artifacts (or of an artifact, by digest): params, digests, lineage.
+    Lineage {
+        /// A stage name, or an artifact or manifest digest (a unique prefix of 6+ hex characters will do).
+        target: String,
+        /// Machine-readable output, with the full record-level lineage.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every artifact pipeline.lock names; exit 1 and name each missing or corrupt one.
+    Verify,
+    /// Remove store objects that no pipeline.lock entry reaches (never one it references).
+    Gc {
+        /// List what would be removed, with sizes, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Generate the embedded synthetic GTZAN-shaped corpus into `dataset.root` (as `run` does on demand).
+    Synth,
+    /// List the stage kinds this build knows, with what each needs and produces.
+    Kinds,
+}

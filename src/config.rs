@@ -1,0 +1,233 @@
+//! `pipeline.yaml`: parsed with serde_yaml into typed structs, every error located by file, line and column.
+//!
+//! The file has two sections: `dataset` (where the raw audio is, and optionally how to synthesise it) and
+//! `stages` (a list of `{name, kind, inputs, params}`). Params stay untyped here; each stage kind validates
+//! its own (see `dag.rs`), and errors are pointed back at their line with [`Locator`].
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A located configuration error.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Several configuration errors, reported together, sorted by position.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    dataset: RawDataset,
+    #[serde(default)]
+    stages: Vec<RawStage>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataset {
+    root: String,
+    #[serde(default)]
+    synthetic: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    inputs: Vec<String>,
+    #[serde(default)]
+    params: serde_yaml::Value,
+}
+
+/// The dataset section, with `root` resolved against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct DatasetConfig {
+    /// As written in the file (recorded in lineage; never part of a key).
+    pub root_as_written: String,
+    pub root: PathBuf,
+    /// Parameters of the embedded synthetic corpus; when present the corpus is generated into `root`.
+    pub synthetic: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    pub name: String,
+    pub kind: String,
+    pub inputs: Vec<String>,
+    pub params: serde_yaml::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub path: PathBuf,
+    pub source: String,
+    pub dataset: DatasetConfig,
+    pub stages: Vec<StageConfig>,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Pipeline, ConfigErrors> {
+        let source = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::parse(path, source)
+    }
+
+    pub fn parse(path: &Path, source: String) -> Result<Pipeline, ConfigErrors> {
+        let raw: RawPipeline = serde_yaml::from_str(&source).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message: e.to_string(),
+            }])
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let root = base.join(&raw.dataset.root);
+        Ok(Pipeline {
+            path: path.to_path_buf(),
+            dataset: DatasetConfig {
+                root_as_written: raw.dataset.root,
+                root,
+                synthetic: raw.dataset.synthetic,
+            },
+            stages: raw
+                .stages
+                .into_iter()
+                .map(|s| StageConfig {
+                    name: s.name,
+                    kind: s.kind,
+                    inputs: s.inputs,
+                    params: s.params,
+                })
+                .collect(),
+            source,
+        })
+    }
+
+    pub fn locator(&self) -> Locator<'_> {
+        Locator {
+            file: &self.path,
+            source: &self.source,
+        }
+    }
+}
+
+/// Finds where a stage, or a key inside one, is written, to point errors at their line.
+///
+/// serde_yaml keeps no positions once a document is parsed into values, so this scans the text: a stage
+/// is found by its `name:` line, a key by the first `key:` after it and before the next stage.
+pub struct Locator<'a> {
+    file: &'a Path,
+    source: &'a str,
+}
+
+impl Locator<'_> {
+    fn stage_lines(&self) -> Vec<(usize, String)> {
+        self.source
+            .lines()
+            .enumerate()
+            .filter_map(|(i, line)| {
+                let t = line.trim_start().trim_start_matches('-').trim_start();
+                let rest = t.strip_prefix("name:")?;
+                let name = rest.split('#').next()?.trim().trim_matches(['"', '\'']);
+                Some((i, name.to_string()))
+            })
+            .collect()
+    }
+
+    /// Line (0-based) of the `name:` line of the `nth` stage called `name`.
+    fn stage_line(&self, name: &str, nth: usize) -> Option<(usize, usize)> {
+        let lines = self.stage_lines();
+        let pos = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, n))| n == name)
+            .nth(nth)?
+            .0;
+        let start = lines[pos].0;
+        let end = lines.get(pos + 1).map(|l| l.0).unwrap_or(usize::MAX);
+        Some((start, end))
+    }
+
+    /// An error at the stage `name` (its `nth` occurrence), at `key` inside it when given and found.
+    pub fn error(&self, stage: &str, nth: usize, key: Option<&str>, message: String) -> ConfigError {
+        let lines: Vec<&str> = self.source.lines().collect();
+        let (mut line, mut column) = (0, 0);
+        if let Some((start, end)) = self.stage_line(stage, nth) {
+            line = start;
+            column = lines[start].find("name:").unwrap_or(0);
+            if let Some(key) = key {
+                for (i, text) in lines.iter().enumerate().take(end.min(lines.len())).skip(start) {
+                    let trimmed = text.trim_start().trim_start_matches('-').trim_start();
+                    let is_key = trimmed.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':'));
+                    let mentions = trimmed.contains(key) && (trimmed.starts_with("inputs") || trimmed.starts_with("- ") || text.trim_start().starts_with("- "));
+                    if is_key || (i > start && mentions && !trimmed.starts_with("name:")) {
+                        line = i;
+                        column = text.find(key).unwrap_or(0);
+                        break;
+                    }
+                }
+            }
+        }
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: line + 1,
+            column: column + 1,
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = "dataset:\n  root: data\nstages:\n  - name: a\n    kind: toy_source\n    params:\n      size: 3\n  - name: b\n    kind: toy_map\n    inputs: [a]\n    params:\n      salt: x\n";
+
+    #[test]
+    fn parses_and_resolves_root_against_the_config_folder() {
+        let p = Pipeline::parse(Path::new("/proj/pipeline.yaml"), YAML.into()).unwrap();
+        assert_eq!(p.dataset.root, PathBuf::from("/proj/data"));
+        assert_eq!(p.stages.len(), 2);
+        assert_eq!(p.stages[1].inputs, vec!["a"]);
+    }
+
+    #[test]
+    fn structural_errors_carry_line_and_column() {
+        let bad = YAML.replace("    kind: toy_map\n", "    kind: toy_map\n    colour: red\n");
+        let err = Pipeline::parse(Path::new("p.yaml"), bad).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("p.yaml:9:"), "{text}");
+        assert!(text.contains("unknown field `colour`"), "{text}");
+    }
+
+    #[test]
+    fn locator_points_at_a_key_inside_a_stage() {
+        let p = Pipeline::parse(Path::new("p.yaml"), YAML.into()).unwrap();
+        let e = p.locator().error("b", 0, Some("salt"), "bad".into());
+        assert_eq!((e.line, e.column), (12, 7));
+        let e = p.locator().error("a", 0, None, "bad".into());
+        assert_eq!(e.line, 4);
+    }
+}

@@ -1,0 +1,667 @@
+//! Planning and running: which stages are stale and why, and running the stale ones in parallel.
+//!
+//! Keys are computed before running, in topological order, from the outputs of upstream stages. An upstream
+//! stage that re-runs but produces identical bytes leaves its dependants' keys unchanged, so they stay
+//! cached (early cutoff). A failing stage stops only its descendants. Results never depend on `-j`: stages
+//! see a thread budget, not a schedule, and every lock entry is a function of the key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use crate::config::Pipeline;
+use crate::dag::Dag;
+use crate::hashing::{self, short, Digest, KeyInput, StageKeyInputs, ENGINE_VERSION};
+use crate::lock::{DatasetEntry, LockError, LockFile, StageEntry};
+use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo};
+use crate::rawinput::{hash_dataset, RawInputError, StatCache};
+use crate::reason::{diff, StaleReason};
+use crate::stage::{DatasetView, InputArtifact, StageContext, DATASET};
+use crate::store::{ActionRecord, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    RawInput(#[from] RawInputError),
+    #[error("unknown stage `{0}`{1}")]
+    UnknownStage(String, String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where a project's files are: the config, its lock file beside it, the store under `artifacts/`.
+pub struct Project {
+    pub dir: PathBuf,
+    pub lock_path: PathBuf,
+    pub store: Store,
+}
+
+impl Project {
+    pub fn open(config_path: &Path) -> Result<Project, EngineError> {
+        let dir = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let store = Store::open(&dir.join("artifacts"))?;
+        Ok(Project {
+            lock_path: dir.join("pipeline.lock"),
+            dir,
+            store,
+        })
+    }
+
+    fn stat_cache_path(&self) -> PathBuf {
+        self.store.root().join("statcache.json")
+    }
+
+    /// Hash the dataset folder (stat cache first), keeping the cache for next time.
+    pub fn hash_dataset(&self, root: &Path) -> Result<DatasetView, EngineError> {
+        let path = self.stat_cache_path();
+        let mut cache = StatCache::load(&path);
+        let (view, stats) = hash_dataset(root, &mut cache)?;
+        if stats.rehashed > 0 {
+            cache.save(&path)?;
+        }
+        tracing::info!(files = stats.files, rehashed = stats.rehashed, bytes = stats.bytes_rehashed, "dataset hashed");
+        Ok(view)
+    }
+}
+
+/// A stage's state as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    UpToDate,
+    /// Key differs from the lock, but a result for the new key is already in the store.
+    Cached,
+    Stale,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageStatus {
+    pub name: String,
+    pub kind: String,
+    pub state: State,
+    pub key: Option<Digest>,
+    pub reasons: Vec<StaleReason>,
+    pub summary: Vec<String>,
+}
+
+/// The key of one stage and everything it is made of.
+struct Planned {
+    key: Digest,
+    code: BTreeMap<String, Digest>,
+    inputs: Vec<KeyInput>,
+    seed: [u8; 32],
+}
+
+fn plan_stage(dag: &Dag, idx: usize, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> Option<Planned> {
+    let node = &dag.nodes[idx];
+    let code = hashing::code_dirs(node.kind.code_dirs());
+    let fingerprint = hashing::code_fingerprint(&code);
+    let mut inputs = Vec::new();
+    for input in &node.inputs {
+        let outputs = upstream.get(input)?;
+        let artifacts: BTreeMap<String, Digest> = node
+            .sources
+            .iter()
+            .filter(|(_, providers)| providers.contains(input))
+            .filter_map(|(artifact, _)| Some((artifact.clone(), outputs.get(artifact)?.clone())))
+            .collect();
+        inputs.push(KeyInput {
+            stage: input.clone(),
+            artifacts,
+        });
+    }
+    let key_inputs = StageKeyInputs {
+        engine_version: ENGINE_VERSION,
+        kind: node.kind.kind(),
+        code_fingerprint: &fingerprint,
+        params: &node.params,
+        inputs: &inputs,
+    };
+    Some(Planned {
+        key: key_inputs.key(),
+        seed: key_inputs.seed_material(),
+        code,
+        inputs,
+    })
+}
+
+fn reasons_against_lock(lock: &LockFile, dag: &Dag, idx: usize, planned: &Planned) -> Vec<StaleReason> {
+    let node = &dag.nodes[idx];
+    match lock.stages.get(&node.name) {
+        None => vec![StaleReason::NeverRun],
+        Some(entry) if entry.key == planned.key => Vec::new(),
+        Some(entry) => {
+            let reasons = diff(entry, ENGINE_VERSION, node.kind.kind(), &planned.code, &node.params, &planned.inputs);
+            if reasons.is_empty() {
+                // Components equal but key differs: only a change in how keys are made can do that.
+                vec![StaleReason::EngineChanged {
+                    old: entry.engine_version,
+                    new: ENGINE_VERSION,
+                }]
+            } else {
+                reasons
+            }
+        }
+    }
+}
+
+fn load_manifest(store: &Store, digest: &str) -> Option<Manifest> {
+    store
+        .read_object(digest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
+/// What `status` shows: every stage's state and reasons, without running anything.
+pub fn status(project: &Project, pipeline: &Pipeline, dag: &Dag) -> Result<Vec<StageStatus>, EngineError> {
+    let lock = LockFile::load(&project.lock_path)?;
+    let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
+    if dag.uses_dataset() {
+        let view = project.hash_dataset(&pipeline.dataset.root)?;
+        upstream.insert(DATASET.into(), BTreeMap::from([(DATASET.to_string(), view.digest)]));
+    }
+    let mut out = Vec::new();
+    for &idx in &dag.order {
+        let node = &dag.nodes[idx];
+        let Some(planned) = plan_stage(dag, idx, &upstream) else {
+            let stale_input = node
+                .inputs
+                .iter()
+                .find(|i| !upstream.contains_key(*i))
+                .cloned()
+                .unwrap_or_default();
+            out.push(StageStatus {
+                name: node.name.clone(),
+                kind: node.kind.kind().into(),
+                state: State::Stale,
+                key: None,
+                reasons: vec![StaleReason::UpstreamStale { stage: stale_input }],
+                summary: Vec::new(),
+            });
+            continue;
+        };
+        let record = project.store.action(&planned.key)?;
+        let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
+        let state = match (&record, reasons.is_empty()) {
+            (Some(_), true) => State::UpToDate,
+            (Some(_), false) => State::Cached,
+            (None, _) => {
+                if reasons.is_empty() {
+                    reasons.push(StaleReason::OutputsMissing { key: planned.key.clone() });
+                }
+                State::Stale
+            }
+        };
+        let summary = record
+            .as_ref()
+            .and_then(|r| load_manifest(&project.store, &r.manifest))
+            .map(|m| m.summary)
+            .unwrap_or_default();
+        if let Some(record) = record {
+            upstream.insert(node.name.clone(), record.outputs);
+        }
+        out.push(StageStatus {
+            name: node.name.clone(),
+            kind: node.kind.kind().into(),
+            state,
+            key: Some(planned.key),
+            reasons,
+            summary,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub until: Option<String>,
+    pub force: Vec<String>,
+    pub jobs: usize,
+}
+
+/// How one stage ended in a run.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ran { reasons: Vec<StaleReason>, key: Digest, seconds: f64 },
+    Cached { reasons: Vec<StaleReason>, key: Digest },
+    Failed { error: String },
+    Skipped { failed_upstream: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct StageResult {
+    pub name: String,
+    pub outcome: Outcome,
+    pub summary: Vec<String>,
+}
+
+impl StageResult {
+    /// The line `run` prints: `features: ran (params.n_mels changed 128 → 64) 3fa2c1d0`.
+    pub fn line(&self) -> String {
+        let n = &self.name;
+        match &self.outcome {
+            Outcome::Ran { reasons, key, seconds } => {
+                format!("{n}: ran ({}) {} in {seconds:.1} s", crate::reason::sentence(reasons), short(key))
+            }
+            Outcome::Cached { reasons, key } if reasons.is_empty() => format!("{n}: cached (up to date) {}", short(key)),
+            Outcome::Cached { reasons, key } => format!(
+                "{n}: cached ({}; result restored from the store) {}",
+                crate::reason::sentence(reasons),
+                short(key)
+            ),
+            Outcome::Failed { error } => format!("{n}: FAILED: {error}"),
+            Outcome::Skipped { failed_upstream } => format!("{n}: skipped (upstream `{failed_upstream}` failed)"),
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(self.outcome, Outcome::Failed { .. } | Outcome::Skipped { .. })
+    }
+}
+
+enum Slot {
+    Pending,
+    Running,
+    Done(ActionRecord),
+    Broken,
+}
+
+struct Job {
+    idx: usize,
+    planned: Planned,
+    reasons: Vec<StaleReason>,
+    forced: bool,
+}
+
+/// Run every stale stage (of `--until`'s ancestors, when given), calling `report` as each stage ends.
+pub fn run(
+    project: &Project,
+    pipeline: &Pipeline,
+    dag: &Dag,
+    options: &RunOptions,
+    mut report: impl FnMut(&StageResult),
+) -> Result<Vec<StageResult>, EngineError> {
+    let jobs = options.jobs.max(1);
+    let selected: BTreeSet<usize> = match &options.until {
+        Some(name) => {
+            let idx = dag
+                .index(name)
+                .ok_or_else(|| unknown_stage(dag, name))?;
+            dag.ancestors_and_self(idx)
+        }
+        None => (0..dag.nodes.len()).collect(),
+    };
+    for name in &options.force {
+        dag.index(name).ok_or_else(|| unknown_stage(dag, name))?;
+    }
+    let dataset = if selected.iter().any(|&i| dag.nodes[i].inputs.iter().any(|x| x == DATASET)) {
+        Some(project.hash_dataset(&pipeline.dataset.root)?)
+    } else {
+        None
+    };
+    if let Some(view) = &dataset {
+        let bytes = view.files.iter().map(|f| f.size).sum();
+        let entry = DatasetEntry {
+            root: pipeline.dataset.root_as_written.clone(),
+            digest: view.digest.clone(),
+            files: view.files.len(),
+            bytes,
+        };
+        LockFile::update(&project.lock_path, |lock| lock.dataset = Some(entry))?;
+    }
+    let lock = LockFile::load(&project.lock_path)?;
+    let multi = indicatif::MultiProgress::new();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| EngineError::Other(format!("cannot start {jobs} worker threads: {e}")))?;
+
+    let mut slots: Vec<Slot> = (0..dag.nodes.len()).map(|_| Slot::Pending).collect();
+    let mut results = Vec::new();
+    let mut running = 0usize;
+    let (tx, rx) = mpsc::channel::<(usize, Result<(ActionRecord, Outcome, Vec<String>), String>)>();
+
+    std::thread::scope(|scope| -> Result<(), EngineError> {
+        loop {
+            // Settle every pending stage that can be settled without running: failures propagate, and
+            // stages whose result is in the store are cached. Then launch what must run, up to `jobs`.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for &idx in &dag.order {
+                    if !selected.contains(&idx) || !matches!(slots[idx], Slot::Pending) {
+                        continue;
+                    }
+                    let node = &dag.nodes[idx];
+                    let deps: Vec<usize> = node.inputs.iter().filter_map(|i| dag.index(i)).collect();
+                    if let Some(&bad) = deps.iter().find(|&&d| matches!(slots[d], Slot::Broken)) {
+                        let result = StageResult {
+                            name: node.name.clone(),
+                            outcome: Outcome::Skipped {
+                                failed_upstream: dag.nodes[bad].name.clone(),
+                            },
+                            summary: Vec::new(),
+                        };
+                        report(&result);
+                        results.push(result);
+                        slots[idx] = Slot::Broken;
+                        progressed = true;
+                        continue;
+                    }
+                    if !deps.iter().all(|&d| matches!(slots[d], Slot::Done(_))) {
+                        continue;
+                    }
+                    let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = deps
+                        .iter()
+                        .filter_map(|&d| match &slots[d] {
+                            Slot::Done(r) => Some((dag.nodes[d].name.clone(), r.outputs.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(view) = &dataset {
+                        upstream.insert(DATASET.into(), BTreeMap::from([(DATASET.to_string(), view.digest.clone())]));
+                    }
+                    let Some(planned) = plan_stage(dag, idx, &upstream) else {
+                        continue;
+                    };
+                    let forced = options.force.contains(&node.name);
+                    let reasons = reasons_against_lock(&lock, dag, idx, &planned);
+                    if !forced {
+                        if let Some(record) = project.store.action(&planned.key)? {
+                            let summary = load_manifest(&project.store, &record.manifest)
+                                .map(|m| m.summary)
+                                .unwrap_or_default();
+                            finish(project, dag, idx, &planned, &record)?;
+                            let result = StageResult {
+                                name: node.name.clone(),
+                                outcome: Outcome::Cached {
+                                    reasons,
+                                    key: planned.key.clone(),
+                                },
+                                summary,
+                            };
+                            report(&result);
+                            results.push(result);
+                            slots[idx] = Slot::Done(record);
+                            progressed = true;
+                            continue;
+                        }
+                    }
+                    if running >= jobs {
+                        continue;
+                    }
+                    let mut reasons = reasons;
+                    if forced {
+                        reasons.insert(0, StaleReason::Forced);
+                    } else if reasons.is_empty() {
+                        reasons.push(StaleReason::OutputsMissing { key: planned.key.clone() });
+                    }
+                    slots[idx] = Slot::Running;
+                    running += 1;
+                    progressed = true;
+                    let job = Job {
+                        idx,
+                        planned,
+                        reasons,
+                        forced,
+                    };
+                    let tx = tx.clone();
+                    let (multi, pool, upstream_records) = (&multi, &pool, collect_records(&slots, dag, idx));
+                    let dataset = dataset.as_ref();
+                    let dataset_root = pipeline.dataset.root_as_written.as_str();
+                    scope.spawn(move || {
+                        let result = pool.install(|| execute(project, dag, &job, upstream_records, dataset, dataset_root, jobs, multi));
+                        let _ = tx.send((job.idx, result));
+                    });
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let (idx, result) = rx
+                .recv()
+                .map_err(|_| EngineError::Other("a stage worker stopped without reporting".into()))?;
+            running -= 1;
+            let name = dag.nodes[idx].name.clone();
+            match result {
+                Ok((record, outcome, summary)) => {
+                    let result = StageResult { name, outcome, summary };
+                    report(&result);
+                    results.push(result);
+                    slots[idx] = Slot::Done(record);
+                }
+                Err(error) => {
+                    let result = StageResult {
+                        name: name.clone(),
+                        outcome: Outcome::Failed { error },
+                        summary: Vec::new(),
+                    };
+                    report(&result);
+                    results.push(result);
+                    slots[idx] = Slot::Broken;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
+    LockFile::update(&project.lock_path, |lock| lock.stages.retain(|name, _| names.contains(name)))?;
+    Ok(results)
+}
+
+fn unknown_stage(dag: &Dag, name: &str) -> EngineError {
+    EngineError::UnknownStage(
+        name.to_string(),
+        crate::dag::suggestion(name, dag.nodes.iter().map(|n| n.name.as_str())),
+    )
+}
+
+/// Upstream records of stage `idx`, by stage name (only finished ones exist by the time it launches).
+fn collect_records(slots: &[Slot], dag: &Dag, idx: usize) -> BTreeMap<String, ActionRecord> {
+    dag.nodes[idx]
+        .inputs
+        .iter()
+        .filter_map(|name| {
+            let d = dag.index(name)?;
+            match &slots[d] {
+                Slot::Done(r) => Some((name.clone(), r.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Record a stage's result in pipeline.lock.
+fn finish(project: &Project, dag: &Dag, idx: usize, planned: &Planned, record: &ActionRecord) -> Result<(), EngineError> {
+    let node = &dag.nodes[idx];
+    let entry = StageEntry {
+        kind: node.kind.kind().to_string(),
+        key: planned.key.clone(),
+        engine_version: ENGINE_VERSION,
+        code: planned.code.clone(),
+        params: node.params.clone(),
+        params_digest: hashing::params_digest(&node.params),
+        inputs: planned
+            .inputs
+            .iter()
+            .map(|i| (i.stage.clone(), i.artifacts.clone()))
+            .collect(),
+        outputs: record.outputs.clone(),
+        manifest: record.manifest.clone(),
+    };
+    LockFile::update(&project.lock_path, |lock| {
+        lock.stages.insert(node.name.clone(), entry);
+    })?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Run one stage under its key's lock and publish its outputs, manifest and action record, in that order.
+fn execute(
+    project: &Project,
+    dag: &Dag,
+    job: &Job,
+    upstream: BTreeMap<String, ActionRecord>,
+    dataset: Option<&DatasetView>,
+    dataset_root: &str,
+    jobs: usize,
+    multi: &indicatif::MultiProgress,
+) -> Result<(ActionRecord, Outcome, Vec<String>), String> {
+    let node = &dag.nodes[job.idx];
+    let planned = &job.planned;
+    let store = &project.store;
+    let lock = store
+        .lock_key(&planned.key, || {
+            eprintln!("{}: waiting for another genrelab process running the same stage", node.name)
+        })
+        .map_err(|e| e.to_string())?;
+    let previous = store.action(&planned.key).map_err(|e| e.to_string())?;
+    if let (Some(record), false) = (&previous, job.forced) {
+        // Another process finished this key while we waited for its lock.
+        finish(project, dag, job.idx, planned, record).map_err(|e| e.to_string())?;
+        let summary = load_manifest(store, &record.manifest).map(|m| m.summary).unwrap_or_default();
+        return Ok((
+            record.clone(),
+            Outcome::Cached {
+                reasons: job.reasons.clone(),
+                key: planned.key.clone(),
+            },
+            summary,
+        ));
+    }
+
+    let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
+    for (artifact, providers) in &node.sources {
+        for provider in providers {
+            if provider == DATASET {
+                continue;
+            }
+            let digest = upstream
+                .get(provider)
+                .and_then(|r| r.outputs.get(artifact))
+                .ok_or_else(|| format!("input `{artifact}` from `{provider}` is not available"))?;
+            inputs.entry(artifact.clone()).or_default().push(InputArtifact {
+                stage: provider.clone(),
+                path: store.object_path(digest),
+                digest: digest.clone(),
+            });
+        }
+    }
+    let wants_dataset = node.inputs.iter().any(|i| i == DATASET);
+    let outputs: Vec<&'static str> = node.kind.outputs().to_vec();
+    let ctx = StageContext::new(
+        node.name.clone(),
+        planned.seed,
+        jobs,
+        inputs,
+        if wants_dataset { dataset.cloned() } else { None },
+        lock.scratch.clone(),
+        outputs.clone(),
+    )
+    .with_progress(multi.clone());
+
+    let started = Instant::now();
+    tracing::info!(stage = %node.name, key = %short(&planned.key), "running");
+    let report = node
+        .kind
+        .run(&node.params, &ctx)
+        .map_err(|e| format!("stage `{}` ({}): {e}", node.name, node.kind.kind()))?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let mut published = BTreeMap::new();
+    for name in &outputs {
+        let path = lock.scratch.join(name);
+        if !path.is_file() {
+            return Err(format!("stage `{}` finished without writing its output `{name}`", node.name));
+        }
+        let (digest, bytes) = store.put_file(&path).map_err(|e| e.to_string())?;
+        published.insert(name.to_string(), OutputInfo { digest, bytes });
+    }
+    let manifest_inputs = node
+        .inputs
+        .iter()
+        .map(|input| {
+            let artifacts = planned
+                .inputs
+                .iter()
+                .find(|k| &k.stage == input)
+                .map(|k| k.artifacts.clone())
+                .unwrap_or_default();
+            ManifestInput {
+                stage: input.clone(),
+                manifest: upstream.get(input).map(|r| r.manifest.clone()),
+                artifacts,
+                dataset: (input == DATASET).then(|| DatasetInfo {
+                    root: dataset_root.to_string(),
+                    files: dataset.map(|d| d.files.len()).unwrap_or(0),
+                    bytes: dataset.map(|d| d.files.iter().map(|f| f.size).sum()).unwrap_or(0),
+                }),
+            }
+        })
+        .collect();
+    let manifest = Manifest {
+        engine_version: ENGINE_VERSION,
+        tool: format!("genrelab {}", env!("CARGO_PKG_VERSION")),
+        kind: node.kind.kind().to_string(),
+        key: planned.key.clone(),
+        code: planned.code.clone(),
+        params: node.params.clone(),
+        params_digest: hashing::params_digest(&node.params),
+        inputs: manifest_inputs,
+        outputs: published.clone(),
+        lineage: report.lineage,
+        summary: report.summary.clone(),
+    };
+    let manifest_digest = store
+        .put_bytes(&hashing::canonical_json(&manifest))
+        .map_err(|e| e.to_string())?;
+    let record = ActionRecord {
+        key: planned.key.clone(),
+        manifest: manifest_digest,
+        outputs: published.iter().map(|(k, v)| (k.clone(), v.digest.clone())).collect(),
+    };
+    if let Some(old) = previous {
+        if old.outputs != record.outputs {
+            return Err(format!(
+                "stage `{}` is not deterministic: key {} produced different outputs than before ({}); \
+                 the earlier result is kept",
+                node.name,
+                short(&planned.key),
+                old.outputs
+                    .iter()
+                    .filter(|(k, v)| record.outputs.get(*k) != Some(v))
+                    .map(|(k, v)| format!("{k}: {} → {}", short(v), short(record.outputs.get(k).map(String::as_str).unwrap_or(""))))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    store.put_action(&record).map_err(|e| e.to_string())?;
+    let stats = serde_json::json!({
+        "stage": node.name,
+        "seconds": seconds,
+        "threads": jobs,
+        "finished_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "host": std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(),
+    });
+    store.put_run_stats(&planned.key, &stats).map_err(|e| e.to_string())?;
+    finish(project, dag, job.idx, planned, &record).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&lock.scratch);
+    Ok((
+        record,
+        Outcome::Ran {
+            reasons: job.reasons.clone(),
+            key: planned.key.clone(),
+            seconds,
+        },
+        report.summary,
+    ))
+}

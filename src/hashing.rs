@@ -1,0 +1,173 @@
+//! Digests and the stage key: what decides whether a stage must run.
+//!
+//! A stage key is computed **before** the stage runs, from canonical bytes of [`StageKeyInputs`]:
+//!
+//! | value                         | in the key | why |
+//! |-------------------------------|-----------|-----|
+//! | `engine_version`              | yes | the salt: bumping it disowns every cached result (format or semantics change) |
+//! | stage `kind`                  | yes | two kinds with equal params are different computations |
+//! | code fingerprint              | yes | digest of the kind's own `stages/` folders, taken at build time |
+//! | canonical params              | yes | typed, defaults filled, sorted keys: YAML comments, order, spacing never matter |
+//! | input digests                 | yes | as (input stage, artifact name, digest) in declared order, never as a set |
+//! | stage name                    | no  | renaming a stage must not re-run it; two identical stages share one result |
+//! | absolute paths, mtimes, host, thread count, clock | no | results must not depend on them (tests prove it) |
+//!
+//! The RNG seed a stage gets is derived from the same values **minus** the code fingerprint and engine
+//! version ([`seed_material`]): editing a comment in a stage re-runs it, but must not re-draw its random split.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped whenever the meaning of a key or the byte form of an artifact changes.
+pub const ENGINE_VERSION: u32 = 1;
+
+/// A blake3 digest as 64 lowercase hex characters.
+pub type Digest = String;
+
+pub fn short(digest: &str) -> &str {
+    digest.get(..8).unwrap_or(digest)
+}
+
+pub fn digest_bytes(bytes: &[u8]) -> Digest {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Hash a file by streaming it (never loads it whole).
+pub fn digest_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hasher.finalize().to_hex().to_string(), total))
+}
+
+/// The canonical byte form of any serializable value: JSON with sorted keys, no whitespace, shortest
+/// round-trip floats.
+pub fn canonical_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // to_value sorts map keys (serde_json's Map is a BTreeMap without `preserve_order`).
+    let value = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// One input of a stage as it enters the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInput {
+    pub stage: String,
+    /// Only the artifacts the stage kind needs, by name.
+    pub artifacts: BTreeMap<String, Digest>,
+}
+
+/// Everything a stage key is made of. See the module doc for why each field is (or is not) here.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageKeyInputs<'a> {
+    pub engine_version: u32,
+    pub kind: &'a str,
+    pub code_fingerprint: &'a str,
+    pub params: &'a serde_json::Value,
+    pub inputs: &'a [KeyInput],
+}
+
+impl StageKeyInputs<'_> {
+    pub fn key(&self) -> Digest {
+        let mut hasher = blake3::Hasher::new_derive_key("genrelab stage key");
+        hasher.update(&canonical_json(self));
+        hasher.finalize().to_hex().to_string()
+    }
+
+    pub fn seed_material(&self) -> [u8; 32] {
+        seed_material(self.kind, self.params, self.inputs)
+    }
+}
+
+pub fn seed_material(kind: &str, params: &serde_json::Value, inputs: &[KeyInput]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("genrelab stage seed");
+    hasher.update(&canonical_json(&(kind, params, inputs)));
+    *hasher.finalize().as_bytes()
+}
+
+pub fn params_digest(params: &serde_json::Value) -> Digest {
+    digest_bytes(&canonical_json(params))
+}
+
+/// A stage kind's code fingerprint from the build-time digests of its declared folders.
+pub fn code_fingerprint(dirs: &BTreeMap<String, Digest>) -> Digest {
+    digest_bytes(&canonical_json(dirs))
+}
+
+/// The build-time digests of the given `stages/` folders; an unknown folder gets an empty digest so that it
+/// shows up as changed once it exists.
+pub fn code_dirs(dirs: &[&str]) -> BTreeMap<String, Digest> {
+    dirs.iter()
+        .map(|dir| {
+            let digest = crate::code::STAGE_SOURCE_DIGESTS
+                .iter()
+                .find(|(name, _)| name == dir)
+                .map(|(_, d)| d.to_string())
+                .unwrap_or_default();
+            (dir.to_string(), digest)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(params: serde_json::Value, inputs: &[KeyInput]) -> Digest {
+        StageKeyInputs {
+            engine_version: ENGINE_VERSION,
+            kind: "k",
+            code_fingerprint: "c",
+            params: &params,
+            inputs,
+        }
+        .key()
+    }
+
+    #[test]
+    fn key_ignores_param_key_order_but_not_values() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":2.5}"#).unwrap();
+        let b: serde_json::Value = serde_json::from_str(r#"{"b":2.5,"a":1}"#).unwrap();
+        let c: serde_json::Value = serde_json::from_str(r#"{"b":2.5,"a":2}"#).unwrap();
+        assert_eq!(key(a.clone(), &[]), key(b, &[]));
+        assert_ne!(key(a, &[]), key(c, &[]));
+    }
+
+    #[test]
+    fn input_order_is_part_of_the_key() {
+        let input = |s: &str| KeyInput {
+            stage: s.into(),
+            artifacts: BTreeMap::from([("model".to_string(), s.to_string())]),
+        };
+        let p = serde_json::json!({});
+        assert_ne!(
+            key(p.clone(), &[input("a"), input("b")]),
+            key(p, &[input("b"), input("a")])
+        );
+    }
+
+    #[test]
+    fn seed_ignores_code_but_key_does_not() {
+        let p = serde_json::json!({"x": 1});
+        let with_code = |code: &'static str| StageKeyInputs {
+            engine_version: ENGINE_VERSION,
+            kind: "k",
+            code_fingerprint: code,
+            params: &p,
+            inputs: &[],
+        };
+        assert_ne!(with_code("a").key(), with_code("b").key());
+        assert_eq!(with_code("a").seed_material(), with_code("b").seed_material());
+    }
+}

@@ -1,0 +1,259 @@
+//! Reading the store back: `lineage` (the upstream tree of an artifact), `verify` (re-hash against
+//! pipeline.lock) and `gc` (remove what no lock entry reaches).
+//!
+//! Lineage walks manifests, which are immutable and name the manifests of their inputs; it never trusts the
+//! lock for anything upstream of the starting point.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::engine::{EngineError, Project};
+use crate::hashing::{short, Digest};
+use crate::lock::LockFile;
+use crate::manifest::Manifest;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LineageNode {
+    pub stage: String,
+    pub kind: String,
+    pub key: Digest,
+    pub manifest: Digest,
+    pub params: serde_json::Value,
+    pub outputs: BTreeMap<String, Digest>,
+    pub lineage: serde_json::Value,
+    pub inputs: Vec<LineageInput>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum LineageInput {
+    Stage(Box<LineageNode>),
+    Dataset { dataset: String, digest: Digest, files: usize, bytes: u64 },
+    Missing { stage: String, manifest: Option<Digest>, missing: bool },
+}
+
+fn load_manifest(project: &Project, digest: &str) -> Result<Manifest, EngineError> {
+    let bytes = project.store.read_object(digest)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| EngineError::Other(format!("manifest {}: not valid: {e}", short(digest))))
+}
+
+fn node(project: &Project, stage: &str, manifest_digest: &str) -> Result<LineageNode, EngineError> {
+    let m = load_manifest(project, manifest_digest)?;
+    let mut inputs = Vec::new();
+    for input in &m.inputs {
+        let child = match (&input.manifest, &input.dataset) {
+            (_, Some(ds)) => LineageInput::Dataset {
+                dataset: ds.root.clone(),
+                digest: input.artifacts.values().next().cloned().unwrap_or_default(),
+                files: ds.files,
+                bytes: ds.bytes,
+            },
+            (Some(d), None) if project.store.has_object(d) => {
+                LineageInput::Stage(Box::new(node(project, &input.stage, d)?))
+            }
+            (d, None) => LineageInput::Missing {
+                stage: input.stage.clone(),
+                manifest: d.clone(),
+                missing: true,
+            },
+        };
+        inputs.push(child);
+    }
+    Ok(LineageNode {
+        stage: stage.to_string(),
+        kind: m.kind,
+        key: m.key,
+        manifest: manifest_digest.to_string(),
+        params: m.params,
+        outputs: m.outputs.into_iter().map(|(k, v)| (k, v.digest)).collect(),
+        lineage: m.lineage,
+        inputs,
+    })
+}
+
+/// The lineage tree of a stage (by name) or of an artifact (by digest or a unique prefix of 6+ characters).
+pub fn lineage(project: &Project, target: &str) -> Result<LineageNode, EngineError> {
+    let lock = LockFile::load(&project.lock_path)?;
+    if let Some(entry) = lock.stages.get(target) {
+        return node(project, target, &entry.manifest);
+    }
+    let is_hex = target.len() >= 6 && target.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_hex {
+        let hits: Vec<(&String, &Digest)> = lock
+            .stages
+            .iter()
+            .filter(|(_, e)| e.manifest.starts_with(target) || e.outputs.values().any(|d| d.starts_with(target)))
+            .map(|(name, e)| (name, &e.manifest))
+            .collect();
+        match hits.as_slice() {
+            [(name, manifest)] => return node(project, name, manifest),
+            [] => {}
+            many => {
+                return Err(EngineError::Other(format!(
+                    "digest prefix `{target}` is ambiguous: {}",
+                    many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        }
+    }
+    Err(EngineError::Other(format!(
+        "`{target}` is neither a stage in pipeline.lock nor the digest of an artifact it records (run `genrelab run` first?)"
+    )))
+}
+
+/// The tree as indented text, params and digests on each line.
+pub fn render_lineage(root: &LineageNode) -> String {
+    fn walk(n: &LineageNode, depth: usize, out: &mut String) {
+        let pad = "  ".repeat(depth);
+        let outputs: Vec<String> = n.outputs.iter().map(|(k, v)| format!("{k} {}", short(v))).collect();
+        out.push_str(&format!(
+            "{pad}{} ({}) key {} manifest {} -> {}\n",
+            n.stage,
+            n.kind,
+            short(&n.key),
+            short(&n.manifest),
+            outputs.join(", ")
+        ));
+        out.push_str(&format!("{pad}  params {}\n", n.params));
+        if !n.lineage.is_null() {
+            let mut text = n.lineage.to_string();
+            if text.len() > 300 {
+                let cut = (0..=300).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+                text.truncate(cut);
+                text.push_str("… (--json for all)");
+            }
+            out.push_str(&format!("{pad}  lineage {text}\n"));
+        }
+        for input in &n.inputs {
+            match input {
+                LineageInput::Stage(child) => walk(child, depth + 1, out),
+                LineageInput::Dataset {
+                    dataset,
+                    digest,
+                    files,
+                    bytes,
+                } => out.push_str(&format!(
+                    "{pad}  dataset {dataset} {} ({files} files, {:.1} MB)\n",
+                    short(digest),
+                    *bytes as f64 / 1e6
+                )),
+                LineageInput::Missing { stage, manifest, .. } => out.push_str(&format!(
+                    "{pad}  {stage}: manifest {} is not in the store (collected?)\n",
+                    manifest.as_deref().map(short).unwrap_or("?")
+                )),
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(root, 0, &mut out);
+    out
+}
+
+/// One problem `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyProblem {
+    pub stage: String,
+    pub artifact: String,
+    pub digest: Digest,
+    pub problem: String,
+}
+
+impl std::fmt::Display for VerifyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} {}: {}", self.stage, self.artifact, short(&self.digest), self.problem)
+    }
+}
+
+/// Re-hash every object pipeline.lock names. Returns the number of objects checked and the problems.
+pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineError> {
+    let lock = LockFile::load(&project.lock_path)?;
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for (stage, entry) in &lock.stages {
+        let objects = entry
+            .outputs
+            .iter()
+            .map(|(k, v)| (format!("output `{k}`"), v))
+            .chain([("manifest".to_string(), &entry.manifest)]);
+        for (artifact, digest) in objects {
+            checked += 1;
+            let problem = if !project.store.has_object(digest) {
+                Some("missing from the store".to_string())
+            } else if !project.store.check_object(digest)? {
+                Some("corrupt: its bytes no longer hash to its name".to_string())
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                problems.push(VerifyProblem {
+                    stage: stage.clone(),
+                    artifact,
+                    digest: digest.clone(),
+                    problem,
+                });
+            }
+        }
+        if project.store.check_object(&entry.manifest)? {
+            if let Ok(m) = load_manifest(project, &entry.manifest) {
+                let recorded: BTreeMap<String, Digest> = m.outputs.into_iter().map(|(k, v)| (k, v.digest)).collect();
+                if m.key != entry.key || recorded != entry.outputs {
+                    problems.push(VerifyProblem {
+                        stage: stage.clone(),
+                        artifact: "manifest".into(),
+                        digest: entry.manifest.clone(),
+                        problem: "disagrees with pipeline.lock on the key or the outputs".into(),
+                    });
+                }
+            }
+        }
+    }
+    Ok((checked, problems))
+}
+
+pub struct GcReport {
+    pub removed: Vec<(Digest, u64)>,
+    pub kept: usize,
+    pub actions_removed: usize,
+}
+
+/// Remove every object that no lock entry reaches (outputs, manifests, and the manifests those name,
+/// transitively, so lineage stays walkable), then the action records left pointing at nothing.
+pub fn gc(project: &Project, dry_run: bool) -> Result<GcReport, EngineError> {
+    let lock = LockFile::load(&project.lock_path)?;
+    let mut live: BTreeSet<Digest> = BTreeSet::new();
+    let mut todo: Vec<Digest> = Vec::new();
+    for entry in lock.stages.values() {
+        live.extend(entry.outputs.values().cloned());
+        todo.push(entry.manifest.clone());
+    }
+    while let Some(digest) = todo.pop() {
+        if !live.insert(digest.clone()) {
+            continue;
+        }
+        if let Ok(m) = load_manifest(project, &digest) {
+            live.extend(m.outputs.values().map(|o| o.digest.clone()));
+            todo.extend(m.inputs.iter().filter_map(|i| i.manifest.clone()));
+        }
+    }
+    let all = project.store.object_digests()?;
+    let (removed, kept): (Vec<_>, Vec<_>) = all.into_iter().partition(|(d, _)| !live.contains(d));
+    let mut actions_removed = 0;
+    if !dry_run {
+        for (digest, _) in &removed {
+            project.store.remove_object(digest)?;
+        }
+        for key in project.store.action_keys()? {
+            if project.store.action(&key)?.is_none() {
+                project.store.remove_action(&key)?;
+                actions_removed += 1;
+            }
+        }
+    }
+    Ok(GcReport {
+        removed,
+        kept: kept.len(),
+        actions_removed,
+    })
+}

@@ -1,0 +1,52 @@
+//! The manifest: the lineage record every stage run publishes next to its outputs, content-addressed.
+//!
+//! A manifest names the action (kind, key, code, params), the exact inputs it consumed (each with the
+//! digest of the manifest that produced it, so lineage is walked through immutable records, not through a
+//! lock file that may have moved on), its outputs, and the stage's record-level lineage (which tracks,
+//! segments and splits). Nothing wall-clock goes in: run times and hosts live in `artifacts/runs/`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hashing::Digest;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub engine_version: u32,
+    pub tool: String,
+    pub kind: String,
+    pub key: Digest,
+    pub code: BTreeMap<String, Digest>,
+    pub params: serde_json::Value,
+    pub params_digest: Digest,
+    /// In declared order.
+    pub inputs: Vec<ManifestInput>,
+    pub outputs: BTreeMap<String, OutputInfo>,
+    pub lineage: serde_json::Value,
+    pub summary: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestInput {
+    pub stage: String,
+    /// The producing run's manifest; `None` for the raw dataset.
+    pub manifest: Option<Digest>,
+    pub artifacts: BTreeMap<String, Digest>,
+    /// For the raw dataset: its root as written in pipeline.yaml and its file count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    pub root: String,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputInfo {
+    pub digest: Digest,
+    pub bytes: u64,
+}

@@ -1,0 +1,115 @@
+//! Toy stage kinds that exercise the engine without audio: a source, a dataset scanner and a mapper that
+//! can be slowed down or made to fail. Built only with the `toy-stages` feature (the tests and `make bench`).
+
+use std::io::Write;
+use std::time::Duration;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::stage::{Need, StageContext, StageError, StageKind, StageReport, TypedStage};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceParams {
+    /// Text repeated into the output.
+    pub value: String,
+    /// Output size in bytes.
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapParams {
+    /// Mixed into the output, so that changing it changes the result.
+    pub salt: String,
+    /// Pause after writing half the output (lets tests kill a run mid-write).
+    pub sleep_ms: u64,
+    /// Fail instead of producing output.
+    pub fail: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScanParams {}
+
+fn source(params: &SourceParams, ctx: &StageContext) -> Result<StageReport, StageError> {
+    let path = ctx.output_path("data")?;
+    let bytes: Vec<u8> = params.value.bytes().cycle().take(params.size).collect();
+    std::fs::write(&path, bytes).map_err(|e| StageError::io(&path, e))?;
+    Ok(StageReport {
+        lineage: serde_json::json!({"size": params.size}),
+        summary: vec![format!("wrote {} bytes", params.size)],
+    })
+}
+
+fn scan(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, StageError> {
+    let dataset = ctx.dataset()?;
+    let listing: Vec<String> = dataset.files.iter().map(|f| format!("{} {}", f.rel_path, f.digest)).collect();
+    let path = ctx.output_path("data")?;
+    std::fs::write(&path, listing.join("\n")).map_err(|e| StageError::io(&path, e))?;
+    Ok(StageReport {
+        lineage: serde_json::json!({"files": dataset.files.len()}),
+        summary: vec![format!("listed {} files", dataset.files.len())],
+    })
+}
+
+fn map(params: &MapParams, ctx: &StageContext) -> Result<StageReport, StageError> {
+    if params.fail {
+        return Err(StageError::Invalid("failing as configured (fail: true)".into()));
+    }
+    let mut hasher = blake3::Hasher::new();
+    for input in ctx.inputs("data") {
+        let bytes = std::fs::read(&input.path).map_err(|e| StageError::io(&input.path, e))?;
+        hasher.update(&bytes);
+    }
+    hasher.update(params.salt.as_bytes());
+    let mut noise = [0u8; 16];
+    ctx.rng("noise").fill_bytes(&mut noise);
+    let digest = hasher.finalize();
+    let path = ctx.output_path("data")?;
+    let mut file = std::fs::File::create(&path).map_err(|e| StageError::io(&path, e))?;
+    let body = format!("{}\n{}\n", digest.to_hex(), noise.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let (first, second) = body.split_at(body.len() / 2);
+    file.write_all(first.as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| StageError::io(&path, e))?;
+    std::thread::sleep(Duration::from_millis(params.sleep_ms));
+    file.write_all(second.as_bytes()).map_err(|e| StageError::io(&path, e))?;
+    Ok(StageReport {
+        lineage: serde_json::json!({"inputs": ctx.inputs("data").iter().map(|i| i.stage.clone()).collect::<Vec<_>>()}),
+        summary: Vec::new(),
+    })
+}
+
+const SCAN_NEEDS: &[Need] = &[Need::one("dataset")];
+const MAP_NEEDS: &[Need] = &[Need::many("data")];
+
+pub fn kinds() -> Vec<Box<dyn StageKind>> {
+    vec![
+        Box::new(TypedStage::<SourceParams> {
+            kind: "toy_source",
+            about: "writes `size` bytes of `value` (engine tests)",
+            needs: &[],
+            outputs: &["data"],
+            code_dirs: &["toy"],
+            run: source,
+        }),
+        Box::new(TypedStage::<ScanParams> {
+            kind: "toy_scan",
+            about: "lists the dataset's files and digests (engine tests, benchmarks)",
+            needs: SCAN_NEEDS,
+            outputs: &["data"],
+            code_dirs: &["toy"],
+            run: scan,
+        }),
+        Box::new(TypedStage::<MapParams> {
+            kind: "toy_map",
+            about: "hashes its inputs with a salt; can sleep mid-write or fail (engine tests)",
+            needs: MAP_NEEDS,
+            outputs: &["data"],
+            code_dirs: &["toy"],
+            run: map,
+        }),
+    ]
+}
