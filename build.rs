@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn collect(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -20,7 +22,8 @@ fn collect(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
 }
 
 fn main() {
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let stages = root.join("stages");
     println!("cargo:rerun-if-changed=stages");
     let mut dirs: Vec<String> = fs::read_dir(&stages)
@@ -50,9 +53,13 @@ fn main() {
             hasher.update(&(bytes.len() as u64).to_le_bytes());
             hasher.update(&bytes);
         }
-        table.push_str(&format!("    ({dir:?}, {:?}),\n", hasher.finalize().to_hex().as_str()));
+        table.push_str(&format!(
+            "    ({dir:?}, {:?}),\n",
+            hasher.finalize().to_hex().as_str()
+        ));
     }
     table.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("stage_sources.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("stage_sources.rs");
     fs::write(out, table).expect("OUT_DIR is writable");
 }

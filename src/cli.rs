@@ -20,7 +20,13 @@ bad artifacts for `verify`); 2 an error (bad configuration, a failed stage, unre
 )]
 pub struct Cli {
     /// The pipeline file; its folder holds pipeline.lock and artifacts/.
-    #[arg(long, short = 'c', global = true, default_value = "pipeline.yaml", value_name = "FILE")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        default_value = "pipeline.yaml",
+        value_name = "FILE"
+    )]
     pub config: PathBuf,
 
     #[command(subcommand)]

@@ -95,11 +95,14 @@ impl Pipeline {
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((1, 1));
+            // serde_yaml appends " at line L column C"; the prefix already says where.
+            let text = e.to_string();
+            let message = text.split(" at line ").next().unwrap_or(&text).to_string();
             ConfigErrors(vec![ConfigError {
                 file: path.to_path_buf(),
                 line,
                 column,
-                message: e.to_string(),
+                message,
             }])
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -171,17 +174,33 @@ impl Locator<'_> {
     }
 
     /// An error at the stage `name` (its `nth` occurrence), at `key` inside it when given and found.
-    pub fn error(&self, stage: &str, nth: usize, key: Option<&str>, message: String) -> ConfigError {
+    pub fn error(
+        &self,
+        stage: &str,
+        nth: usize,
+        key: Option<&str>,
+        message: String,
+    ) -> ConfigError {
         let lines: Vec<&str> = self.source.lines().collect();
         let (mut line, mut column) = (0, 0);
         if let Some((start, end)) = self.stage_line(stage, nth) {
             line = start;
             column = lines[start].find("name:").unwrap_or(0);
             if let Some(key) = key {
-                for (i, text) in lines.iter().enumerate().take(end.min(lines.len())).skip(start) {
+                for (i, text) in lines
+                    .iter()
+                    .enumerate()
+                    .take(end.min(lines.len()))
+                    .skip(start)
+                {
                     let trimmed = text.trim_start().trim_start_matches('-').trim_start();
-                    let is_key = trimmed.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':'));
-                    let mentions = trimmed.contains(key) && (trimmed.starts_with("inputs") || trimmed.starts_with("- ") || text.trim_start().starts_with("- "));
+                    let is_key = trimmed
+                        .strip_prefix(key)
+                        .is_some_and(|r| r.trim_start().starts_with(':'));
+                    let mentions = trimmed.contains(key)
+                        && (trimmed.starts_with("inputs")
+                            || trimmed.starts_with("- ")
+                            || text.trim_start().starts_with("- "));
                     if is_key || (i > start && mentions && !trimmed.starts_with("name:")) {
                         line = i;
                         column = text.find(key).unwrap_or(0);
@@ -215,10 +234,17 @@ mod tests {
 
     #[test]
     fn structural_errors_carry_line_and_column() {
-        let bad = YAML.replace("    kind: toy_map\n", "    kind: toy_map\n    colour: red\n");
+        let bad = YAML.replace(
+            "    kind: toy_map\n",
+            "    kind: toy_map\n    colour: red\n",
+        );
         let err = Pipeline::parse(Path::new("p.yaml"), bad).unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("p.yaml:9:"), "{text}");
+        assert!(
+            text.starts_with("p.yaml:10:5: stages[1]: unknown field `colour`"),
+            "{text}"
+        );
+        assert!(!text.contains(" at line "), "{text}");
         assert!(text.contains("unknown field `colour`"), "{text}");
     }
 

@@ -52,7 +52,10 @@ pub fn suggestion<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>)
 }
 
 impl<'r> Dag<'r> {
-    pub fn build(pipeline: &Pipeline, registry: &'r [Box<dyn StageKind>]) -> Result<Dag<'r>, ConfigErrors> {
+    pub fn build(
+        pipeline: &Pipeline,
+        registry: &'r [Box<dyn StageKind>],
+    ) -> Result<Dag<'r>, ConfigErrors> {
         let loc = pipeline.locator();
         let mut errors: Vec<ConfigError> = Vec::new();
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -63,11 +66,21 @@ impl<'r> Dag<'r> {
             let nth = *seen.get(stage.name.as_str()).unwrap_or(&0);
             seen.insert(&stage.name, nth + 1);
             if nth > 0 {
-                errors.push(loc.error(&stage.name, nth, None, format!("duplicate stage name `{}`", stage.name)));
+                errors.push(loc.error(
+                    &stage.name,
+                    nth,
+                    None,
+                    format!("duplicate stage name `{}`", stage.name),
+                ));
                 continue;
             }
             if stage.name == DATASET {
-                errors.push(loc.error(&stage.name, 0, None, format!("`{DATASET}` is reserved for the raw dataset")));
+                errors.push(loc.error(
+                    &stage.name,
+                    0,
+                    None,
+                    format!("`{DATASET}` is reserved for the raw dataset"),
+                ));
                 continue;
             }
             let Some(kind) = registry.iter().find(|k| k.kind() == stage.kind) else {
@@ -89,11 +102,15 @@ impl<'r> Dag<'r> {
             let params = match kind.canonical_params(&stage.params) {
                 Ok(p) => p,
                 Err(e) => {
+                    let hint = unknown_field_hint(&e.message);
                     errors.push(loc.error(
                         &stage.name,
                         0,
                         e.key.as_deref(),
-                        format!("stage `{}` ({}): params: {}", stage.name, stage.kind, e.message),
+                        format!(
+                            "stage `{}` ({}): params: {}{hint}",
+                            stage.name, stage.kind, e.message
+                        ),
                     ));
                     continue;
                 }
@@ -120,7 +137,11 @@ impl<'r> Dag<'r> {
                     .filter(|input| provides(pipeline, registry, input, need.artifact))
                     .cloned()
                     .collect();
-                let ok = if need.many { !providers.is_empty() } else { providers.len() == 1 };
+                let ok = if need.many {
+                    !providers.is_empty()
+                } else {
+                    providers.len() == 1
+                };
                 if !ok {
                     let producers: Vec<&str> = pipeline
                         .stages
@@ -213,7 +234,9 @@ impl<'r> Dag<'r> {
     }
 
     pub fn uses_dataset(&self) -> bool {
-        self.nodes.iter().any(|n| n.inputs.iter().any(|i| i == DATASET))
+        self.nodes
+            .iter()
+            .any(|n| n.inputs.iter().any(|i| i == DATASET))
     }
 
     pub fn render(&self, format: DagFormat) -> String {
@@ -223,7 +246,9 @@ impl<'r> Dag<'r> {
             .iter()
             .flat_map(|&i| {
                 let n = &self.nodes[i];
-                n.inputs.iter().map(move |input| (input.as_str(), n.name.as_str()))
+                n.inputs
+                    .iter()
+                    .map(move |input| (input.as_str(), n.name.as_str()))
             })
             .collect();
         match format {
@@ -245,7 +270,12 @@ impl<'r> Dag<'r> {
                 }
                 for &i in &self.order {
                     let n = &self.nodes[i];
-                    out.push_str(&format!("  \"{}\" [label=\"{}\\n({})\"];\n", n.name, n.name, n.kind.kind()));
+                    out.push_str(&format!(
+                        "  \"{}\" [label=\"{}\\n({})\"];\n",
+                        n.name,
+                        n.name,
+                        n.kind.kind()
+                    ));
                 }
                 for (a, b) in edges {
                     out.push_str(&format!("  \"{a}\" -> \"{b}\";\n"));
@@ -260,7 +290,12 @@ impl<'r> Dag<'r> {
                 }
                 for &i in &self.order {
                     let n = &self.nodes[i];
-                    out.push_str(&format!("  {}[\"{} ({})\"]\n", id(&n.name), n.name, n.kind.kind()));
+                    out.push_str(&format!(
+                        "  {}[\"{} ({})\"]\n",
+                        id(&n.name),
+                        n.name,
+                        n.kind.kind()
+                    ));
                 }
                 for (a, b) in edges {
                     out.push_str(&format!("  {} --> {}\n", id(a), id(b)));
@@ -278,8 +313,25 @@ pub enum DagFormat {
     Mermaid,
 }
 
+/// serde says "unknown field `slat`, expected one of `salt`, `fail`": add the likely fix.
+fn unknown_field_hint(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return String::new();
+    };
+    let Some((field, expected)) = rest.split_once('`') else {
+        return String::new();
+    };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    suggestion(field, candidates)
+}
+
 /// Does the stage (or the dataset) called `name` produce `artifact`?
-fn provides(pipeline: &Pipeline, registry: &[Box<dyn StageKind>], name: &str, artifact: &str) -> bool {
+fn provides(
+    pipeline: &Pipeline,
+    registry: &[Box<dyn StageKind>],
+    name: &str,
+    artifact: &str,
+) -> bool {
     if name == DATASET {
         return artifact == DATASET;
     }
@@ -302,7 +354,8 @@ fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, Vec<String>> {
     let mut done = vec![false; nodes.len()];
     let mut order = Vec::new();
     while order.len() < nodes.len() {
-        let Some(next) = (0..nodes.len()).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d])) else {
+        let Some(next) = (0..nodes.len()).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d]))
+        else {
             // Walk unfinished dependencies from any unfinished node until one repeats: that is a cycle.
             let mut path: Vec<usize> = Vec::new();
             let mut at = (0..nodes.len()).find(|&i| !done[i]).unwrap_or(0);
@@ -311,10 +364,19 @@ fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, Vec<String>> {
                 at = deps[at].iter().copied().find(|&d| !done[d]).unwrap_or(at);
             }
             let start = path.iter().position(|&p| p == at).unwrap_or(0);
-            let mut cycle: Vec<String> = path[start..].iter().map(|&i| nodes[i].name.clone()).collect();
+            let mut cycle: Vec<usize> = path[start..].to_vec();
             cycle.reverse();
-            cycle.push(cycle[0].clone());
-            return Err(cycle);
+            // Start at the earliest-declared stage so the message is the same whatever the walk found.
+            let first = cycle
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, &i)| i)
+                .map(|(pos, _)| pos)
+                .unwrap_or(0);
+            cycle.rotate_left(first);
+            let mut names: Vec<String> = cycle.iter().map(|&i| nodes[i].name.clone()).collect();
+            names.push(names[0].clone());
+            return Err(names);
         };
         done[next] = true;
         order.push(next);
@@ -328,7 +390,14 @@ mod tests {
 
     #[test]
     fn suggestions_catch_typos_only() {
-        assert_eq!(suggestion("n_mel", ["n_mels", "hop_length"]), " (did you mean `n_mels`?)");
+        assert_eq!(
+            suggestion("n_mel", ["n_mels", "hop_length"]),
+            " (did you mean `n_mels`?)"
+        );
         assert_eq!(suggestion("zzzzzz", ["n_mels"]), "");
+        assert_eq!(
+            unknown_field_hint("unknown field `slat`, expected one of `salt`, `sleep_ms`"),
+            " (did you mean `salt`?)"
+        );
     }
 }

@@ -68,7 +68,12 @@ impl Project {
         if stats.rehashed > 0 {
             cache.save(&path)?;
         }
-        tracing::info!(files = stats.files, rehashed = stats.rehashed, bytes = stats.bytes_rehashed, "dataset hashed");
+        tracing::info!(
+            files = stats.files,
+            rehashed = stats.rehashed,
+            bytes = stats.bytes_rehashed,
+            "dataset hashed"
+        );
         Ok(view)
     }
 }
@@ -100,7 +105,11 @@ struct Planned {
     seed: [u8; 32],
 }
 
-fn plan_stage(dag: &Dag, idx: usize, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> Option<Planned> {
+fn plan_stage(
+    dag: &Dag,
+    idx: usize,
+    upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+) -> Option<Planned> {
     let node = &dag.nodes[idx];
     let code = hashing::code_dirs(node.kind.code_dirs());
     let fingerprint = hashing::code_fingerprint(&code);
@@ -133,13 +142,25 @@ fn plan_stage(dag: &Dag, idx: usize, upstream: &BTreeMap<String, BTreeMap<String
     })
 }
 
-fn reasons_against_lock(lock: &LockFile, dag: &Dag, idx: usize, planned: &Planned) -> Vec<StaleReason> {
+fn reasons_against_lock(
+    lock: &LockFile,
+    dag: &Dag,
+    idx: usize,
+    planned: &Planned,
+) -> Vec<StaleReason> {
     let node = &dag.nodes[idx];
     match lock.stages.get(&node.name) {
         None => vec![StaleReason::NeverRun],
         Some(entry) if entry.key == planned.key => Vec::new(),
         Some(entry) => {
-            let reasons = diff(entry, ENGINE_VERSION, node.kind.kind(), &planned.code, &node.params, &planned.inputs);
+            let reasons = diff(
+                entry,
+                ENGINE_VERSION,
+                node.kind.kind(),
+                &planned.code,
+                &node.params,
+                &planned.inputs,
+            );
             if reasons.is_empty() {
                 // Components equal but key differs: only a change in how keys are made can do that.
                 vec![StaleReason::EngineChanged {
@@ -161,12 +182,19 @@ fn load_manifest(store: &Store, digest: &str) -> Option<Manifest> {
 }
 
 /// What `status` shows: every stage's state and reasons, without running anything.
-pub fn status(project: &Project, pipeline: &Pipeline, dag: &Dag) -> Result<Vec<StageStatus>, EngineError> {
+pub fn status(
+    project: &Project,
+    pipeline: &Pipeline,
+    dag: &Dag,
+) -> Result<Vec<StageStatus>, EngineError> {
     let lock = LockFile::load(&project.lock_path)?;
     let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
     if dag.uses_dataset() {
         let view = project.hash_dataset(&pipeline.dataset.root)?;
-        upstream.insert(DATASET.into(), BTreeMap::from([(DATASET.to_string(), view.digest)]));
+        upstream.insert(
+            DATASET.into(),
+            BTreeMap::from([(DATASET.to_string(), view.digest)]),
+        );
     }
     let mut out = Vec::new();
     for &idx in &dag.order {
@@ -195,7 +223,9 @@ pub fn status(project: &Project, pipeline: &Pipeline, dag: &Dag) -> Result<Vec<S
             (Some(_), false) => State::Cached,
             (None, _) => {
                 if reasons.is_empty() {
-                    reasons.push(StaleReason::OutputsMissing { key: planned.key.clone() });
+                    reasons.push(StaleReason::OutputsMissing {
+                        key: planned.key.clone(),
+                    });
                 }
                 State::Stale
             }
@@ -230,10 +260,21 @@ pub struct RunOptions {
 /// How one stage ended in a run.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Ran { reasons: Vec<StaleReason>, key: Digest, seconds: f64 },
-    Cached { reasons: Vec<StaleReason>, key: Digest },
-    Failed { error: String },
-    Skipped { failed_upstream: String },
+    Ran {
+        reasons: Vec<StaleReason>,
+        key: Digest,
+        seconds: f64,
+    },
+    Cached {
+        reasons: Vec<StaleReason>,
+        key: Digest,
+    },
+    Failed {
+        error: String,
+    },
+    Skipped {
+        failed_upstream: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -248,22 +289,37 @@ impl StageResult {
     pub fn line(&self) -> String {
         let n = &self.name;
         match &self.outcome {
-            Outcome::Ran { reasons, key, seconds } => {
-                format!("{n}: ran ({}) {} in {seconds:.1} s", crate::reason::sentence(reasons), short(key))
+            Outcome::Ran {
+                reasons,
+                key,
+                seconds,
+            } => {
+                format!(
+                    "{n}: ran ({}) {} in {seconds:.1} s",
+                    crate::reason::sentence(reasons),
+                    short(key)
+                )
             }
-            Outcome::Cached { reasons, key } if reasons.is_empty() => format!("{n}: cached (up to date) {}", short(key)),
+            Outcome::Cached { reasons, key } if reasons.is_empty() => {
+                format!("{n}: cached (up to date) {}", short(key))
+            }
             Outcome::Cached { reasons, key } => format!(
                 "{n}: cached ({}; result restored from the store) {}",
                 crate::reason::sentence(reasons),
                 short(key)
             ),
             Outcome::Failed { error } => format!("{n}: FAILED: {error}"),
-            Outcome::Skipped { failed_upstream } => format!("{n}: skipped (upstream `{failed_upstream}` failed)"),
+            Outcome::Skipped { failed_upstream } => {
+                format!("{n}: skipped (upstream `{failed_upstream}` failed)")
+            }
         }
     }
 
     pub fn failed(&self) -> bool {
-        matches!(self.outcome, Outcome::Failed { .. } | Outcome::Skipped { .. })
+        matches!(
+            self.outcome,
+            Outcome::Failed { .. } | Outcome::Skipped { .. }
+        )
     }
 }
 
@@ -292,9 +348,7 @@ pub fn run(
     let jobs = options.jobs.max(1);
     let selected: BTreeSet<usize> = match &options.until {
         Some(name) => {
-            let idx = dag
-                .index(name)
-                .ok_or_else(|| unknown_stage(dag, name))?;
+            let idx = dag.index(name).ok_or_else(|| unknown_stage(dag, name))?;
             dag.ancestors_and_self(idx)
         }
         None => (0..dag.nodes.len()).collect(),
@@ -302,7 +356,10 @@ pub fn run(
     for name in &options.force {
         dag.index(name).ok_or_else(|| unknown_stage(dag, name))?;
     }
-    let dataset = if selected.iter().any(|&i| dag.nodes[i].inputs.iter().any(|x| x == DATASET)) {
+    let dataset = if selected
+        .iter()
+        .any(|&i| dag.nodes[i].inputs.iter().any(|x| x == DATASET))
+    {
         Some(project.hash_dataset(&pipeline.dataset.root)?)
     } else {
         None
@@ -341,7 +398,8 @@ pub fn run(
                         continue;
                     }
                     let node = &dag.nodes[idx];
-                    let deps: Vec<usize> = node.inputs.iter().filter_map(|i| dag.index(i)).collect();
+                    let deps: Vec<usize> =
+                        node.inputs.iter().filter_map(|i| dag.index(i)).collect();
                     if let Some(&bad) = deps.iter().find(|&&d| matches!(slots[d], Slot::Broken)) {
                         let result = StageResult {
                             name: node.name.clone(),
@@ -367,7 +425,10 @@ pub fn run(
                         })
                         .collect();
                     if let Some(view) = &dataset {
-                        upstream.insert(DATASET.into(), BTreeMap::from([(DATASET.to_string(), view.digest.clone())]));
+                        upstream.insert(
+                            DATASET.into(),
+                            BTreeMap::from([(DATASET.to_string(), view.digest.clone())]),
+                        );
                     }
                     let Some(planned) = plan_stage(dag, idx, &upstream) else {
                         continue;
@@ -402,7 +463,9 @@ pub fn run(
                     if forced {
                         reasons.insert(0, StaleReason::Forced);
                     } else if reasons.is_empty() {
-                        reasons.push(StaleReason::OutputsMissing { key: planned.key.clone() });
+                        reasons.push(StaleReason::OutputsMissing {
+                            key: planned.key.clone(),
+                        });
                     }
                     slots[idx] = Slot::Running;
                     running += 1;
@@ -414,11 +477,23 @@ pub fn run(
                         forced,
                     };
                     let tx = tx.clone();
-                    let (multi, pool, upstream_records) = (&multi, &pool, collect_records(&slots, dag, idx));
+                    let (multi, pool, upstream_records) =
+                        (&multi, &pool, collect_records(&slots, dag, idx));
                     let dataset = dataset.as_ref();
                     let dataset_root = pipeline.dataset.root_as_written.as_str();
                     scope.spawn(move || {
-                        let result = pool.install(|| execute(project, dag, &job, upstream_records, dataset, dataset_root, jobs, multi));
+                        let result = pool.install(|| {
+                            execute(
+                                project,
+                                dag,
+                                &job,
+                                upstream_records,
+                                dataset,
+                                dataset_root,
+                                jobs,
+                                multi,
+                            )
+                        });
                         let _ = tx.send((job.idx, result));
                     });
                 }
@@ -426,14 +501,18 @@ pub fn run(
             if running == 0 {
                 break;
             }
-            let (idx, result) = rx
-                .recv()
-                .map_err(|_| EngineError::Other("a stage worker stopped without reporting".into()))?;
+            let (idx, result) = rx.recv().map_err(|_| {
+                EngineError::Other("a stage worker stopped without reporting".into())
+            })?;
             running -= 1;
             let name = dag.nodes[idx].name.clone();
             match result {
                 Ok((record, outcome, summary)) => {
-                    let result = StageResult { name, outcome, summary };
+                    let result = StageResult {
+                        name,
+                        outcome,
+                        summary,
+                    };
                     report(&result);
                     results.push(result);
                     slots[idx] = Slot::Done(record);
@@ -453,7 +532,9 @@ pub fn run(
         Ok(())
     })?;
     let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
-    LockFile::update(&project.lock_path, |lock| lock.stages.retain(|name, _| names.contains(name)))?;
+    LockFile::update(&project.lock_path, |lock| {
+        lock.stages.retain(|name, _| names.contains(name))
+    })?;
     Ok(results)
 }
 
@@ -480,7 +561,13 @@ fn collect_records(slots: &[Slot], dag: &Dag, idx: usize) -> BTreeMap<String, Ac
 }
 
 /// Record a stage's result in pipeline.lock.
-fn finish(project: &Project, dag: &Dag, idx: usize, planned: &Planned, record: &ActionRecord) -> Result<(), EngineError> {
+fn finish(
+    project: &Project,
+    dag: &Dag,
+    idx: usize,
+    planned: &Planned,
+    record: &ActionRecord,
+) -> Result<(), EngineError> {
     let node = &dag.nodes[idx];
     let entry = StageEntry {
         kind: node.kind.kind().to_string(),
@@ -520,14 +607,19 @@ fn execute(
     let store = &project.store;
     let lock = store
         .lock_key(&planned.key, || {
-            eprintln!("{}: waiting for another genrelab process running the same stage", node.name)
+            eprintln!(
+                "{}: waiting for another genrelab process running the same stage",
+                node.name
+            )
         })
         .map_err(|e| e.to_string())?;
     let previous = store.action(&planned.key).map_err(|e| e.to_string())?;
     if let (Some(record), false) = (&previous, job.forced) {
         // Another process finished this key while we waited for its lock.
         finish(project, dag, job.idx, planned, record).map_err(|e| e.to_string())?;
-        let summary = load_manifest(store, &record.manifest).map(|m| m.summary).unwrap_or_default();
+        let summary = load_manifest(store, &record.manifest)
+            .map(|m| m.summary)
+            .unwrap_or_default();
         return Ok((
             record.clone(),
             Outcome::Cached {
@@ -548,11 +640,14 @@ fn execute(
                 .get(provider)
                 .and_then(|r| r.outputs.get(artifact))
                 .ok_or_else(|| format!("input `{artifact}` from `{provider}` is not available"))?;
-            inputs.entry(artifact.clone()).or_default().push(InputArtifact {
-                stage: provider.clone(),
-                path: store.object_path(digest),
-                digest: digest.clone(),
-            });
+            inputs
+                .entry(artifact.clone())
+                .or_default()
+                .push(InputArtifact {
+                    stage: provider.clone(),
+                    path: store.object_path(digest),
+                    digest: digest.clone(),
+                });
         }
     }
     let wants_dataset = node.inputs.iter().any(|i| i == DATASET);
@@ -562,7 +657,11 @@ fn execute(
         planned.seed,
         jobs,
         inputs,
-        if wants_dataset { dataset.cloned() } else { None },
+        if wants_dataset {
+            dataset.cloned()
+        } else {
+            None
+        },
         lock.scratch.clone(),
         outputs.clone(),
     )
@@ -580,7 +679,10 @@ fn execute(
     for name in &outputs {
         let path = lock.scratch.join(name);
         if !path.is_file() {
-            return Err(format!("stage `{}` finished without writing its output `{name}`", node.name));
+            return Err(format!(
+                "stage `{}` finished without writing its output `{name}`",
+                node.name
+            ));
         }
         let (digest, bytes) = store.put_file(&path).map_err(|e| e.to_string())?;
         published.insert(name.to_string(), OutputInfo { digest, bytes });
@@ -602,7 +704,9 @@ fn execute(
                 dataset: (input == DATASET).then(|| DatasetInfo {
                     root: dataset_root.to_string(),
                     files: dataset.map(|d| d.files.len()).unwrap_or(0),
-                    bytes: dataset.map(|d| d.files.iter().map(|f| f.size).sum()).unwrap_or(0),
+                    bytes: dataset
+                        .map(|d| d.files.iter().map(|f| f.size).sum())
+                        .unwrap_or(0),
                 }),
             }
         })
@@ -626,7 +730,10 @@ fn execute(
     let record = ActionRecord {
         key: planned.key.clone(),
         manifest: manifest_digest,
-        outputs: published.iter().map(|(k, v)| (k.clone(), v.digest.clone())).collect(),
+        outputs: published
+            .iter()
+            .map(|(k, v)| (k.clone(), v.digest.clone()))
+            .collect(),
     };
     if let Some(old) = previous {
         if old.outputs != record.outputs {
@@ -652,7 +759,9 @@ fn execute(
         "finished_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "host": std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(),
     });
-    store.put_run_stats(&planned.key, &stats).map_err(|e| e.to_string())?;
+    store
+        .put_run_stats(&planned.key, &stats)
+        .map_err(|e| e.to_string())?;
     finish(project, dag, job.idx, planned, &record).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&lock.scratch);
     Ok((

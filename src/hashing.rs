@@ -168,6 +168,9 @@ mod tests {
             inputs: &[],
         };
         assert_ne!(with_code("a").key(), with_code("b").key());
-        assert_eq!(with_code("a").seed_material(), with_code("b").seed_material());
+        assert_eq!(
+            with_code("a").seed_material(),
+            with_code("b").seed_material()
+        );
     }
 }

@@ -29,8 +29,17 @@ pub struct LineageNode {
 #[serde(untagged)]
 pub enum LineageInput {
     Stage(Box<LineageNode>),
-    Dataset { dataset: String, digest: Digest, files: usize, bytes: u64 },
-    Missing { stage: String, manifest: Option<Digest>, missing: bool },
+    Dataset {
+        dataset: String,
+        digest: Digest,
+        files: usize,
+        bytes: u64,
+    },
+    Missing {
+        stage: String,
+        manifest: Option<Digest>,
+        missing: bool,
+    },
 }
 
 fn load_manifest(project: &Project, digest: &str) -> Result<Manifest, EngineError> {
@@ -84,7 +93,9 @@ pub fn lineage(project: &Project, target: &str) -> Result<LineageNode, EngineErr
         let hits: Vec<(&String, &Digest)> = lock
             .stages
             .iter()
-            .filter(|(_, e)| e.manifest.starts_with(target) || e.outputs.values().any(|d| d.starts_with(target)))
+            .filter(|(_, e)| {
+                e.manifest.starts_with(target) || e.outputs.values().any(|d| d.starts_with(target))
+            })
             .map(|(name, e)| (name, &e.manifest))
             .collect();
         match hits.as_slice() {
@@ -93,7 +104,10 @@ pub fn lineage(project: &Project, target: &str) -> Result<LineageNode, EngineErr
             many => {
                 return Err(EngineError::Other(format!(
                     "digest prefix `{target}` is ambiguous: {}",
-                    many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                    many.iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )))
             }
         }
@@ -107,7 +121,11 @@ pub fn lineage(project: &Project, target: &str) -> Result<LineageNode, EngineErr
 pub fn render_lineage(root: &LineageNode) -> String {
     fn walk(n: &LineageNode, depth: usize, out: &mut String) {
         let pad = "  ".repeat(depth);
-        let outputs: Vec<String> = n.outputs.iter().map(|(k, v)| format!("{k} {}", short(v))).collect();
+        let outputs: Vec<String> = n
+            .outputs
+            .iter()
+            .map(|(k, v)| format!("{k} {}", short(v)))
+            .collect();
         out.push_str(&format!(
             "{pad}{} ({}) key {} manifest {} -> {}\n",
             n.stage,
@@ -120,7 +138,10 @@ pub fn render_lineage(root: &LineageNode) -> String {
         if !n.lineage.is_null() {
             let mut text = n.lineage.to_string();
             if text.len() > 300 {
-                let cut = (0..=300).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+                let cut = (0..=300)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
                 text.truncate(cut);
                 text.push_str("… (--json for all)");
             }
@@ -139,7 +160,9 @@ pub fn render_lineage(root: &LineageNode) -> String {
                     short(digest),
                     *bytes as f64 / 1e6
                 )),
-                LineageInput::Missing { stage, manifest, .. } => out.push_str(&format!(
+                LineageInput::Missing {
+                    stage, manifest, ..
+                } => out.push_str(&format!(
                     "{pad}  {stage}: manifest {} is not in the store (collected?)\n",
                     manifest.as_deref().map(short).unwrap_or("?")
                 )),
@@ -162,7 +185,14 @@ pub struct VerifyProblem {
 
 impl std::fmt::Display for VerifyProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} {}: {}", self.stage, self.artifact, short(&self.digest), self.problem)
+        write!(
+            f,
+            "{}: {} {}: {}",
+            self.stage,
+            self.artifact,
+            short(&self.digest),
+            self.problem
+        )
     }
 }
 
@@ -197,7 +227,8 @@ pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineEr
         }
         if project.store.check_object(&entry.manifest)? {
             if let Ok(m) = load_manifest(project, &entry.manifest) {
-                let recorded: BTreeMap<String, Digest> = m.outputs.into_iter().map(|(k, v)| (k, v.digest)).collect();
+                let recorded: BTreeMap<String, Digest> =
+                    m.outputs.into_iter().map(|(k, v)| (k, v.digest)).collect();
                 if m.key != entry.key || recorded != entry.outputs {
                     problems.push(VerifyProblem {
                         stage: stage.clone(),

@@ -70,7 +70,8 @@ impl Default for LockFile {
     }
 }
 
-const HEADER: &str = "# genrelab lock file: written by `genrelab run`, checked by `genrelab verify`. Commit it.\n";
+const HEADER: &str =
+    "# genrelab lock file: written by `genrelab run`, checked by `genrelab verify`. Commit it.\n";
 
 impl LockFile {
     pub fn load(path: &Path) -> Result<LockFile, LockError> {

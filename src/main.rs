@@ -52,8 +52,13 @@ fn prepare_dataset(pipeline: &Pipeline) -> anyhow::Result<()> {
         let at = pipeline.locator().error("", 0, None, String::new());
         anyhow::anyhow!("{}: dataset.synthetic: {e}", at.file.display())
     })?;
-    let outcome = stages::synth::ensure_corpus(&params, &pipeline.dataset.root)
-        .with_context(|| format!("preparing the synthetic corpus in {}", pipeline.dataset.root.display()))?;
+    let outcome =
+        stages::synth::ensure_corpus(&params, &pipeline.dataset.root).with_context(|| {
+            format!(
+                "preparing the synthetic corpus in {}",
+                pipeline.dataset.root.display()
+            )
+        })?;
     if outcome.generated {
         println!(
             "dataset: generated the synthetic corpus ({} tracks) in {}",
@@ -70,7 +75,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         for kind in &registry {
             let needs: Vec<&str> = kind.needs().iter().map(|n| n.artifact).collect();
             println!("{:<10} {}", kind.kind(), kind.about());
-            println!("{:<10} needs: {}; produces: {}", "", needs.join(", "), kind.outputs().join(", "));
+            println!(
+                "{:<10} needs: {}; produces: {}",
+                "",
+                needs.join(", "),
+                kind.outputs().join(", ")
+            );
             if let Ok(params) = kind.canonical_params(&serde_yaml::Value::Null) {
                 println!("{:<10} default params: {params}", "");
             }
@@ -84,7 +94,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kinds => unreachable!("handled above"),
         Command::Synth => {
             if pipeline.dataset.synthetic.is_none() {
-                bail!("{}: dataset.synthetic is not set, so there is no corpus to generate", cli.config.display());
+                bail!(
+                    "{}: dataset.synthetic is not set, so there is no corpus to generate",
+                    cli.config.display()
+                );
             }
             prepare_dataset(&pipeline)?;
             println!("dataset: {} is ready", pipeline.dataset.root.display());
@@ -96,7 +109,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { until, force, jobs } => {
             prepare_dataset(&pipeline)?;
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            });
             if jobs == 0 {
                 bail!("-j must be at least 1");
             }
@@ -107,17 +124,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("    {line}");
                 }
             })?;
-            let count = |f: fn(&engine::Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count();
+            let count =
+                |f: fn(&engine::Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count();
             let ran = count(|o| matches!(o, engine::Outcome::Ran { .. }));
             let cached = count(|o| matches!(o, engine::Outcome::Cached { .. }));
             let failed = count(|o| matches!(o, engine::Outcome::Failed { .. }));
             let skipped = count(|o| matches!(o, engine::Outcome::Skipped { .. }));
-            println!("{} stages: {ran} ran, {cached} cached, {failed} failed, {skipped} skipped", results.len());
+            println!(
+                "{} stages: {ran} ran, {cached} cached, {failed} failed, {skipped} skipped",
+                results.len()
+            );
             let not_built: Vec<&str> = registry_gaps(&registry);
             if !not_built.is_empty() {
-                println!("not built yet (no stage kind exists for them): {}", not_built.join(", "));
+                println!(
+                    "not built yet (no stage kind exists for them): {}",
+                    not_built.join(", ")
+                );
             }
-            Ok(if failed + skipped > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            Ok(if failed + skipped > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Status { json } => {
             let statuses = engine::status(&project, &pipeline, &dag)?;
@@ -142,7 +170,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let key = s.key.as_deref().map(short).unwrap_or("--------");
                     let (state, why) = match s.state {
                         State::UpToDate => ("up to date", String::new()),
-                        State::Cached => ("stale", format!("{} (result already in the store)", genrelab::reason::sentence(&s.reasons))),
+                        State::Cached => (
+                            "stale",
+                            format!(
+                                "{} (result already in the store)",
+                                genrelab::reason::sentence(&s.reasons)
+                            ),
+                        ),
                         State::Stale => ("stale", genrelab::reason::sentence(&s.reasons)),
                     };
                     println!("{:<width$}  {key}  {state:<10}  {why}", s.name);
@@ -152,7 +186,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let stale = statuses.iter().any(|s| s.state != State::UpToDate);
-            Ok(if stale { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if stale {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Lineage { target, json } => {
             let tree = inspect::lineage(&project, &target)?;
@@ -172,7 +210,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("verify: {checked} artifacts match pipeline.lock");
                 Ok(ExitCode::SUCCESS)
             } else {
-                println!("verify: {} of {checked} artifacts are missing or corrupt", problems.len());
+                println!(
+                    "verify: {} of {checked} artifacts are missing or corrupt",
+                    problems.len()
+                );
                 Ok(ExitCode::from(1))
             }
         }
@@ -180,7 +221,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = inspect::gc(&project, dry_run)?;
             let bytes: u64 = report.removed.iter().map(|(_, b)| b).sum();
             for (digest, size) in &report.removed {
-                println!("{} {digest} {size} bytes", if dry_run { "would remove" } else { "removed" });
+                println!(
+                    "{} {digest} {size} bytes",
+                    if dry_run { "would remove" } else { "removed" }
+                );
             }
             println!(
                 "gc: {} {} objects ({:.1} MB), kept {}{}",
@@ -188,7 +232,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.removed.len(),
                 bytes as f64 / 1e6,
                 report.kept,
-                if dry_run { String::new() } else { format!(", dropped {} stale action records", report.actions_removed) }
+                if dry_run {
+                    String::new()
+                } else {
+                    format!(", dropped {} stale action records", report.actions_removed)
+                }
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -49,6 +49,7 @@ pub struct StatCache {
     entries: BTreeMap<String, StatEntry>,
 }
 
+#[derive(Debug)]
 pub struct HashStats {
     pub files: usize,
     pub rehashed: usize,
@@ -65,9 +66,11 @@ impl StatCache {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), RawInputError> {
-        write_atomic(path, &serde_json::to_vec(self).unwrap_or_default()).map_err(|e| RawInputError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
+        write_atomic(path, &serde_json::to_vec(self).unwrap_or_default()).map_err(|e| {
+            RawInputError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            }
         })
     }
 }
@@ -83,7 +86,11 @@ fn stat_key(meta: &fs::Metadata) -> (u64, i128, i128, u64) {
     )
 }
 
-fn list_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), RawInputError> {
+fn list_files(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), RawInputError> {
     let entries = fs::read_dir(dir).map_err(|source| RawInputError::Io {
         path: dir.to_path_buf(),
         source,
@@ -103,15 +110,25 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Resu
             list_files(root, &path, out)?;
         } else if path.is_file() {
             let rel = path.strip_prefix(root).unwrap_or(&path);
-            let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
             out.push((rel, path));
         }
     }
     Ok(())
 }
 
+/// One file's digest, the stat-cache entry to store (none if racy) and whether it was read.
+type Hashed = (RawFile, Option<(String, StatEntry)>, bool);
+
 /// Hash every file under `root`, reusing `cache` where the stat is unchanged, updating it in place.
-pub fn hash_dataset(root: &Path, cache: &mut StatCache) -> Result<(DatasetView, HashStats), RawInputError> {
+pub fn hash_dataset(
+    root: &Path,
+    cache: &mut StatCache,
+) -> Result<(DatasetView, HashStats), RawInputError> {
     if !root.exists() {
         return Err(RawInputError::MissingRoot(root.to_path_buf()));
     }
@@ -122,7 +139,7 @@ pub fn hash_dataset(root: &Path, cache: &mut StatCache) -> Result<(DatasetView, 
     let mut files = Vec::new();
     list_files(root, root, &mut files)?;
     files.sort();
-    let results: Vec<Result<(RawFile, Option<(String, StatEntry)>, bool), RawInputError>> = files
+    let results: Vec<Result<Hashed, RawInputError>> = files
         .par_iter()
         .map(|(rel, path)| {
             let err = |source| RawInputError::Io {
@@ -144,7 +161,10 @@ pub fn hash_dataset(root: &Path, cache: &mut StatCache) -> Result<(DatasetView, 
             }
             let (digest, _) = digest_file(path).map_err(err)?;
             let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            let racy = started.duration_since(modified).map(|age| age < RACY_WINDOW).unwrap_or(true);
+            let racy = started
+                .duration_since(modified)
+                .map(|age| age < RACY_WINDOW)
+                .unwrap_or(true);
             let entry = (!racy).then(|| {
                 (
                     abs,
@@ -229,7 +249,12 @@ mod tests {
         let file = dir.path().join("x");
         fs::write(&file, b"data").unwrap();
         let old = SystemTime::now() - Duration::from_secs(60);
-        fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         let mut cache = StatCache::default();
         hash_dataset(dir.path(), &mut cache).unwrap();
         let (_, stats) = hash_dataset(dir.path(), &mut cache).unwrap();

@@ -13,15 +13,42 @@ use crate::lock::StageEntry;
 pub enum StaleReason {
     NeverRun,
     Forced,
-    EngineChanged { old: u32, new: u32 },
-    KindChanged { old: String, new: String },
-    CodeChanged { dir: String, old: Digest, new: Digest },
-    ParamChanged { path: String, old: String, new: String },
-    InputAdded { stage: String },
-    InputRemoved { stage: String },
-    InputChanged { stage: String, artifact: String, old: Digest, new: Digest },
-    UpstreamStale { stage: String },
-    OutputsMissing { key: Digest },
+    EngineChanged {
+        old: u32,
+        new: u32,
+    },
+    KindChanged {
+        old: String,
+        new: String,
+    },
+    CodeChanged {
+        dir: String,
+        old: Digest,
+        new: Digest,
+    },
+    ParamChanged {
+        path: String,
+        old: String,
+        new: String,
+    },
+    InputAdded {
+        stage: String,
+    },
+    InputRemoved {
+        stage: String,
+    },
+    InputChanged {
+        stage: String,
+        artifact: String,
+        old: Digest,
+        new: Digest,
+    },
+    UpstreamStale {
+        stage: String,
+    },
+    OutputsMissing {
+        key: Digest,
+    },
 }
 
 impl fmt::Display for StaleReason {
@@ -29,13 +56,28 @@ impl fmt::Display for StaleReason {
         match self {
             StaleReason::NeverRun => write!(f, "never run"),
             StaleReason::Forced => write!(f, "forced with --force"),
-            StaleReason::EngineChanged { old, new } => write!(f, "engine format version changed {old} → {new}"),
+            StaleReason::EngineChanged { old, new } => {
+                write!(f, "engine format version changed {old} → {new}")
+            }
             StaleReason::KindChanged { old, new } => write!(f, "kind changed {old} → {new}"),
             StaleReason::CodeChanged { dir, old, new } => {
-                let show = |d: &str| if d.is_empty() { "none".to_string() } else { short(d).to_string() };
-                write!(f, "code in stages/{dir} changed {} → {}", show(old), show(new))
+                let show = |d: &str| {
+                    if d.is_empty() {
+                        "none".to_string()
+                    } else {
+                        short(d).to_string()
+                    }
+                };
+                write!(
+                    f,
+                    "code in stages/{dir} changed {} → {}",
+                    show(old),
+                    show(new)
+                )
             }
-            StaleReason::ParamChanged { path, old, new } => write!(f, "{path} changed {old} → {new}"),
+            StaleReason::ParamChanged { path, old, new } => {
+                write!(f, "{path} changed {old} → {new}")
+            }
             StaleReason::InputAdded { stage } => write!(f, "input `{stage}` added"),
             StaleReason::InputRemoved { stage } => write!(f, "input `{stage}` removed"),
             StaleReason::InputChanged {
@@ -47,11 +89,18 @@ impl fmt::Display for StaleReason {
                 if stage == artifact {
                     write!(f, "input `{stage}` changed {} → {}", short(old), short(new))
                 } else {
-                    write!(f, "input `{artifact}` from `{stage}` changed {} → {}", short(old), short(new))
+                    write!(
+                        f,
+                        "input `{artifact}` from `{stage}` changed {} → {}",
+                        short(old),
+                        short(new)
+                    )
                 }
             }
             StaleReason::UpstreamStale { stage } => write!(f, "upstream `{stage}` is stale"),
-            StaleReason::OutputsMissing { key } => write!(f, "outputs of key {} missing from the store", short(key)),
+            StaleReason::OutputsMissing { key } => {
+                write!(f, "outputs of key {} missing from the store", short(key))
+            }
         }
     }
 }
@@ -107,10 +156,17 @@ pub fn diff(
     let (mut old_params, mut new_params) = (BTreeMap::new(), BTreeMap::new());
     flatten("params", &entry.params, &mut old_params);
     flatten("params", params, &mut new_params);
-    let paths: std::collections::BTreeSet<&String> = old_params.keys().chain(new_params.keys()).collect();
+    let paths: std::collections::BTreeSet<&String> =
+        old_params.keys().chain(new_params.keys()).collect();
     for path in paths {
-        let old = old_params.get(path).cloned().unwrap_or_else(|| "(unset)".into());
-        let new = new_params.get(path).cloned().unwrap_or_else(|| "(unset)".into());
+        let old = old_params
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| "(unset)".into());
+        let new = new_params
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| "(unset)".into());
         if old != new {
             reasons.push(StaleReason::ParamChanged {
                 path: path.clone(),
@@ -141,7 +197,9 @@ pub fn diff(
     }
     for stage in entry.inputs.keys() {
         if !inputs.iter().any(|i| &i.stage == stage) {
-            reasons.push(StaleReason::InputRemoved { stage: stage.clone() });
+            reasons.push(StaleReason::InputRemoved {
+                stage: stage.clone(),
+            });
         }
     }
     reasons
@@ -149,7 +207,11 @@ pub fn diff(
 
 /// Reasons joined into the one sentence `run` and `status` print.
 pub fn sentence(reasons: &[StaleReason]) -> String {
-    reasons.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    reasons
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -180,7 +242,14 @@ mod tests {
             stage: "slice".into(),
             artifacts: BTreeMap::from([("segments".to_string(), "2222222222".to_string())]),
         }];
-        let reasons = diff(&entry(), 1, "features", &code, &serde_json::json!({"n_mels": 64, "ref": "max"}), &inputs);
+        let reasons = diff(
+            &entry(),
+            1,
+            "features",
+            &code,
+            &serde_json::json!({"n_mels": 64, "ref": "max"}),
+            &inputs,
+        );
         assert_eq!(
             sentence(&reasons),
             "code in stages/features changed aaaaaaaa → bbbbbbbb; params.n_mels changed 128 → 64; \

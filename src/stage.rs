@@ -209,9 +209,9 @@ impl StageContext {
 
     /// The raw dataset, for stages that list `dataset` among their inputs.
     pub fn dataset(&self) -> Result<&DatasetView, StageError> {
-        self.dataset
-            .as_ref()
-            .ok_or_else(|| StageError::bad_input(DATASET, "this stage does not list `dataset` as an input"))
+        self.dataset.as_ref().ok_or_else(|| {
+            StageError::bad_input(DATASET, "this stage does not list `dataset` as an input")
+        })
     }
 
     /// Where to write the declared output `artifact` (one file).
@@ -262,7 +262,11 @@ pub trait StageKind: Send + Sync {
     /// Validate params (YAML) and return their canonical JSON form, defaults filled in.
     fn canonical_params(&self, raw: &serde_yaml::Value) -> Result<serde_json::Value, ParamError>;
     /// Run on canonical params (as returned by `canonical_params`).
-    fn run(&self, params: &serde_json::Value, ctx: &StageContext) -> Result<StageReport, StageError>;
+    fn run(
+        &self,
+        params: &serde_json::Value,
+        ctx: &StageContext,
+    ) -> Result<StageReport, StageError>;
 }
 
 /// The usual way to define a stage kind: a typed params struct and a function.
@@ -301,8 +305,14 @@ where
         } else {
             raw.clone()
         };
-        let typed: P = serde_yaml::from_value(raw).map_err(|e| {
-            let message = e.to_string();
+        let typed: P = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let message = if path == "." || inner.starts_with("unknown field") {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            };
             ParamError {
                 key: offending_key(&message),
                 message,
@@ -313,7 +323,11 @@ where
             message: e.to_string(),
         })
     }
-    fn run(&self, params: &serde_json::Value, ctx: &StageContext) -> Result<StageReport, StageError> {
+    fn run(
+        &self,
+        params: &serde_json::Value,
+        ctx: &StageContext,
+    ) -> Result<StageReport, StageError> {
         let typed: P = serde_json::from_value(params.clone())
             .map_err(|e| StageError::Invalid(format!("params: {e}")))?;
         (self.run)(&typed, ctx)
@@ -369,9 +383,8 @@ mod tests {
     #[test]
     fn rng_streams_are_distinct_and_repeatable() {
         use rand::RngCore;
-        let ctx = |seed| {
-            StageContext::new("s", seed, 1, BTreeMap::new(), None, PathBuf::new(), vec![])
-        };
+        let ctx =
+            |seed| StageContext::new("s", seed, 1, BTreeMap::new(), None, PathBuf::new(), vec![]);
         let a = ctx([1; 32]).rng("split").next_u64();
         assert_eq!(a, ctx([1; 32]).rng("split").next_u64());
         assert_ne!(a, ctx([1; 32]).rng("other").next_u64());

@@ -122,7 +122,9 @@ impl Store {
             fs::remove_file(src).map_err(io(src))?;
             return Ok((digest, size));
         }
-        File::open(src).and_then(|f| f.sync_all()).map_err(io(src))?;
+        File::open(src)
+            .and_then(|f| f.sync_all())
+            .map_err(io(src))?;
         let dir = dest.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(io(dir))?;
         fs::rename(src, &dest).map_err(io(&dest))?;
@@ -166,16 +168,21 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
-        let record: ActionRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let complete = self.has_object(&record.manifest) && record.outputs.values().all(|d| self.has_object(d));
+        let record: ActionRecord =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        let complete = self.has_object(&record.manifest)
+            && record.outputs.values().all(|d| self.has_object(d));
         Ok(complete.then_some(record))
     }
 
     pub fn put_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
-        write_atomic(&self.action_path(&record.key), &crate::hashing::canonical_json(record))
+        write_atomic(
+            &self.action_path(&record.key),
+            &crate::hashing::canonical_json(record),
+        )
     }
 
     pub fn remove_action(&self, key: &str) -> Result<(), StoreError> {
@@ -191,7 +198,12 @@ impl Store {
         let mut keys: Vec<String> = fs::read_dir(&dir)
             .map_err(io(&dir))?
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
             .collect();
         keys.sort();
         Ok(keys)
@@ -226,7 +238,10 @@ impl Store {
             fs::remove_dir_all(&scratch).map_err(io(&scratch))?;
         }
         fs::create_dir_all(&scratch).map_err(io(&scratch))?;
-        Ok(KeyLock { _file: file, scratch })
+        Ok(KeyLock {
+            _file: file,
+            scratch,
+        })
     }
 
     /// Every object digest in the store, sorted.
@@ -234,7 +249,9 @@ impl Store {
         let dir = self.root.join("objects");
         let mut out = Vec::new();
         for shard in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
-            let Ok(entries) = fs::read_dir(shard.path()) else { continue };
+            let Ok(entries) = fs::read_dir(shard.path()) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {

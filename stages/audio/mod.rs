@@ -30,7 +30,9 @@ pub fn decode_file(path: &Path, target_rate: u32) -> Result<Decoded, AudioError>
     let reader = hound::WavReader::open(path).map_err(|e| err(e.to_string()))?;
     let spec = reader.spec();
     if spec.sample_rate != target_rate || spec.channels != 1 {
-        return Err(err("only mono WAV at the target rate is supported so far".into()));
+        return Err(err(
+            "only mono WAV at the target rate is supported so far".into()
+        ));
     }
     let samples = reader
         .into_samples::<i16>()

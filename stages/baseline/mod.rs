@@ -1,6 +1,6 @@
 //! Stage `baseline` (not yet implemented).
 
-use crate::stage::{StageError, StageKind, StageReport, TypedStage, StageContext};
+use crate::stage::{StageContext, StageError, StageKind, StageReport, TypedStage};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct Params {}
 
 fn run(_params: &Params, _ctx: &StageContext) -> Result<StageReport, StageError> {
-    Err(StageError::Invalid("stage `baseline` is not implemented yet".into()))
+    Err(StageError::Invalid(
+        "stage `baseline` is not implemented yet".into(),
+    ))
 }
 
 pub fn kind() -> Box<dyn StageKind> {

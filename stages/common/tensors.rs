@@ -88,7 +88,8 @@ impl TensorWriter {
             );
             offset = end;
         }
-        let mut header = serde_json::to_vec(&header).map_err(|e| StageError::Invalid(e.to_string()))?;
+        let mut header =
+            serde_json::to_vec(&header).map_err(|e| StageError::Invalid(e.to_string()))?;
         while header.len() % 8 != 0 {
             header.push(b' ');
         }
@@ -199,7 +200,11 @@ impl Tensor<'_> {
         let n = self.row_len();
         let bytes = &self.data[i * n * 4..(i + 1) * n * 4];
         buf.clear();
-        buf.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+        buf.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
     }
     pub fn to_f32(&self) -> Vec<f32> {
         self.data

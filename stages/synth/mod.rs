@@ -13,7 +13,10 @@ pub struct SynthParams {
 
 impl Default for SynthParams {
     fn default() -> Self {
-        SynthParams { tracks_per_genre: 30, seed: 42 }
+        SynthParams {
+            tracks_per_genre: 30,
+            seed: 42,
+        }
     }
 }
 

@@ -45,7 +45,11 @@ fn source(params: &SourceParams, ctx: &StageContext) -> Result<StageReport, Stag
 
 fn scan(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, StageError> {
     let dataset = ctx.dataset()?;
-    let listing: Vec<String> = dataset.files.iter().map(|f| format!("{} {}", f.rel_path, f.digest)).collect();
+    let listing: Vec<String> = dataset
+        .files
+        .iter()
+        .map(|f| format!("{} {}", f.rel_path, f.digest))
+        .collect();
     let path = ctx.output_path("data")?;
     std::fs::write(&path, listing.join("\n")).map_err(|e| StageError::io(&path, e))?;
     Ok(StageReport {
@@ -56,7 +60,9 @@ fn scan(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, StageEr
 
 fn map(params: &MapParams, ctx: &StageContext) -> Result<StageReport, StageError> {
     if params.fail {
-        return Err(StageError::Invalid("failing as configured (fail: true)".into()));
+        return Err(StageError::Invalid(
+            "failing as configured (fail: true)".into(),
+        ));
     }
     let mut hasher = blake3::Hasher::new();
     for input in ctx.inputs("data") {
@@ -69,13 +75,18 @@ fn map(params: &MapParams, ctx: &StageContext) -> Result<StageReport, StageError
     let digest = hasher.finalize();
     let path = ctx.output_path("data")?;
     let mut file = std::fs::File::create(&path).map_err(|e| StageError::io(&path, e))?;
-    let body = format!("{}\n{}\n", digest.to_hex(), noise.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let body = format!(
+        "{}\n{}\n",
+        digest.to_hex(),
+        noise.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     let (first, second) = body.split_at(body.len() / 2);
     file.write_all(first.as_bytes())
         .and_then(|()| file.flush())
         .map_err(|e| StageError::io(&path, e))?;
     std::thread::sleep(Duration::from_millis(params.sleep_ms));
-    file.write_all(second.as_bytes()).map_err(|e| StageError::io(&path, e))?;
+    file.write_all(second.as_bytes())
+        .map_err(|e| StageError::io(&path, e))?;
     Ok(StageReport {
         lineage: serde_json::json!({"inputs": ctx.inputs("data").iter().map(|i| i.stage.clone()).collect::<Vec<_>>()}),
         summary: Vec::new(),
