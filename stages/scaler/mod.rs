@@ -10,7 +10,7 @@
 //! - Every statistic is a sequential f64 sum in segment order (then, for bands, in frame order). Parallel work
 //!   splits the *cells*, never the sum over segments, so the output bytes do not depend on the thread count.
 //! - The features file is read row by row through its memory map and the scaled file is written as a stream:
-//!   at most one batch of rows is held in memory.
+//!   rows are held a batch at a time.
 //!
 //! Outputs:
 //! - `scaler`: tensors `mean` and `std` (F64, shape `[n_mels, frames]` per cell or `[n_mels]` per band) and
