@@ -1,25 +1,473 @@
-//! Stage `scaler` (not yet implemented).
+//! Stage `scaler`: standardises log-mel features with statistics fitted on the train split only.
+//!
+//! The study used scikit-learn's `StandardScaler` on each segment's flattened 128 x 128 values: one mean and
+//! one standard deviation per (mel, frame) cell, population variance (ddof 0), a zero deviation replaced by 1.
+//! `mode: band` pools each mel band over all frames instead.
+//!
+//! Invariants:
+//! - Only train segments enter the fit; val and test are only transformed. The lineage names the exact fit
+//!   set (its tracks and a digest of its segment ids) so the leakage audit can check it.
+//! - Every statistic is a sequential f64 sum in segment order (then, for bands, in frame order). Parallel work
+//!   splits the *cells*, never the sum over segments, so the output bytes do not depend on the thread count.
+//! - The features file is read row by row through its memory map and the scaled file is written as a stream:
+//!   rows are held a batch at a time.
+//!
+//! Outputs:
+//! - `scaler`: tensors `mean` and `std` (F64, shape `[n_mels, frames]` per cell or `[n_mels]` per band) and
+//!   `count` (U32 `[1]`, the number of train segments fitted on).
+//! - `scaled`: the features file's layout unchanged (`train`, `val`, `test` F32 `[n, n_mels, frames]` and
+//!   `<split>_labels` U32 `[n]`), values `(x - mean) / std` computed in f64 and rounded once to f32.
 
-use crate::stage::{StageContext, StageError, StageKind, StageReport, TypedStage};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::stage::{Need, StageContext, StageError, StageKind, StageReport, TypedStage};
+use crate::stages::common::tables::{SegmentTable, SPLITS};
+use crate::stages::common::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
+
+#[cfg(test)]
+mod tests;
+
+/// Rows decoded at once: large enough to keep workers busy, small enough (4 MiB at 128 x 128) to stream.
+const BATCH_ROWS: usize = 64;
+/// Cells per parallel work item in the accumulation passes (only affects speed, never results).
+const CELL_CHUNK: usize = 1024;
+
+/// Which values share one mean and one standard deviation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One pair per (mel, frame) cell: what the study's `StandardScaler` on flattened segments does.
+    #[default]
+    Cell,
+    /// One pair per mel band, pooled over all frames of all train segments (time-shift invariant).
+    Band,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Cell => "cell",
+            Mode::Band => "band",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {}
-
-fn run(_params: &Params, _ctx: &StageContext) -> Result<StageReport, StageError> {
-    Err(StageError::Invalid(
-        "stage `scaler` is not implemented yet".into(),
-    ))
+pub struct Params {
+    /// Default `cell`, the study's per-(mel, frame) standardisation.
+    pub mode: Mode,
 }
+
+/// Fitted statistics. `mean` and `std` have `n_mels * frames` entries (cell) or `n_mels` (band).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fitted {
+    pub mode: Mode,
+    pub n_mels: usize,
+    pub frames: usize,
+    /// Train segments the statistics were computed from.
+    pub count: usize,
+    pub mean: Vec<f64>,
+    /// Population standard deviation, a zero replaced by 1 so constant cells map to 0 instead of NaN.
+    pub std: Vec<f64>,
+}
+
+impl Fitted {
+    /// Index into `mean`/`std` for a flat (mel-major) cell index.
+    fn stat_index(&self, cell: usize) -> usize {
+        match self.mode {
+            Mode::Cell => cell,
+            Mode::Band => cell / self.frames,
+        }
+    }
+
+    /// Mean and std broadcast to every cell, so the hot loops index one way in both modes.
+    fn per_cell(&self) -> (Vec<f64>, Vec<f64>) {
+        let cells = self.n_mels * self.frames;
+        (0..cells)
+            .map(|c| {
+                let k = self.stat_index(c);
+                (self.mean[k], self.std[k])
+            })
+            .unzip()
+    }
+
+    /// The shape of the `mean`/`std` tensors.
+    pub fn stat_shape(&self) -> Vec<usize> {
+        match self.mode {
+            Mode::Cell => vec![self.n_mels, self.frames],
+            Mode::Band => vec![self.n_mels],
+        }
+    }
+}
+
+/// Decodes rows `start..end` (in order) through `read_row`, in parallel.
+fn read_batch<R>(read_row: &R, start: usize, end: usize) -> Vec<Vec<f32>>
+where
+    R: Fn(usize, &mut Vec<f32>) + Sync,
+{
+    (start..end)
+        .into_par_iter()
+        .map(|i| {
+            let mut row = Vec::new();
+            read_row(i, &mut row);
+            row
+        })
+        .collect()
+}
+
+/// Adds `term(cell, x)` of every row, in row order, into `acc` (one slot per cell). Workers own disjoint
+/// cell ranges, so each slot's sum has the same grouping whatever the thread count.
+fn accumulate<R, T>(
+    n: usize,
+    cells: usize,
+    read_row: &R,
+    acc: &mut [f64],
+    term: T,
+    tick: &dyn Fn(u64),
+) -> Result<(), StageError>
+where
+    R: Fn(usize, &mut Vec<f32>) + Sync,
+    T: Fn(usize, f32) -> f64 + Sync,
+{
+    for start in (0..n).step_by(BATCH_ROWS) {
+        let end = (start + BATCH_ROWS).min(n);
+        let batch = read_batch(read_row, start, end);
+        if let Some(k) = batch.iter().position(|r| r.len() != cells) {
+            return Err(StageError::Invalid(format!(
+                "train row {} has {} values, expected {cells}",
+                start + k,
+                batch[k].len()
+            )));
+        }
+        acc.par_chunks_mut(CELL_CHUNK)
+            .enumerate()
+            .for_each(|(chunk, slots)| {
+                let offset = chunk * CELL_CHUNK;
+                for row in &batch {
+                    let values = &row[offset..offset + slots.len()];
+                    for (k, (slot, &x)) in slots.iter_mut().zip(values).enumerate() {
+                        *slot += term(offset + k, x);
+                    }
+                }
+            });
+        tick((end - start) as u64);
+    }
+    Ok(())
+}
+
+/// Fits the scaler on `n` rows of `n_mels * frames` values each, `read_row(i, buf)` filling row `i`.
+///
+/// Two passes (mean, then mean squared deviation) rather than a one-pass sum of squares: dB values sit far
+/// from zero (about -40), where the one-pass formula cancels badly.
+pub fn fit<R>(
+    n: usize,
+    n_mels: usize,
+    frames: usize,
+    mode: Mode,
+    read_row: &R,
+    tick: &dyn Fn(u64),
+) -> Result<Fitted, StageError>
+where
+    R: Fn(usize, &mut Vec<f32>) + Sync,
+{
+    if n == 0 {
+        return Err(StageError::Invalid(
+            "cannot fit the scaler: the train split has no segments".into(),
+        ));
+    }
+    let cells = n_mels * frames;
+    if cells == 0 {
+        return Err(StageError::Invalid(format!(
+            "cannot fit the scaler on empty segments ({n_mels} mels x {frames} frames)"
+        )));
+    }
+    // Per band, the pooled sum is the frame-ordered sum of the per-cell sums: still a fixed grouping.
+    let reduce = |per_cell: &[f64]| -> Vec<f64> {
+        match mode {
+            Mode::Cell => per_cell.to_vec(),
+            Mode::Band => per_cell
+                .chunks(frames)
+                .map(|band| band.iter().sum())
+                .collect(),
+        }
+    };
+    let per_stat = match mode {
+        Mode::Cell => n as f64,
+        Mode::Band => (n * frames) as f64,
+    };
+
+    let mut sums = vec![0.0f64; cells];
+    accumulate(n, cells, read_row, &mut sums, |_, x| f64::from(x), tick)?;
+    let mean: Vec<f64> = reduce(&sums).into_iter().map(|s| s / per_stat).collect();
+    if let Some(k) = mean.iter().position(|m| !m.is_finite()) {
+        return Err(StageError::Invalid(format!(
+            "train features contain non-finite values ({} {k})",
+            match mode {
+                Mode::Cell => "cell",
+                Mode::Band => "mel band",
+            }
+        )));
+    }
+
+    let partial = Fitted {
+        mode,
+        n_mels,
+        frames,
+        count: n,
+        mean,
+        std: Vec::new(),
+    };
+    let cell_mean: Vec<f64> = (0..cells)
+        .map(|c| partial.mean[partial.stat_index(c)])
+        .collect();
+    let mut squares = vec![0.0f64; cells];
+    accumulate(
+        n,
+        cells,
+        read_row,
+        &mut squares,
+        |c, x| {
+            let d = f64::from(x) - cell_mean[c];
+            d * d
+        },
+        tick,
+    )?;
+    let std = reduce(&squares)
+        .into_iter()
+        .map(|s| {
+            let sd = (s / per_stat).sqrt();
+            // sklearn's `_handle_zeros_in_scale`: a constant feature is left unscaled rather than divided by 0.
+            if sd == 0.0 {
+                1.0
+            } else {
+                sd
+            }
+        })
+        .collect();
+    Ok(Fitted { std, ..partial })
+}
+
+/// `(x - mean) / std` per cell, in f64, rounded once to f32. `mean`/`std` are already broadcast per cell.
+fn scale_row(row: &[f32], mean: &[f64], std: &[f64]) -> Vec<f32> {
+    row.iter()
+        .zip(mean.iter().zip(std))
+        .map(|(&x, (&m, &s))| ((f64::from(x) - m) / s) as f32)
+        .collect()
+}
+
+/// One split of a features-format tensor file, checked against the segment table.
+struct SplitView<'a> {
+    name: &'static str,
+    values: Tensor<'a>,
+    labels: Vec<u32>,
+}
+
+/// Opens every split's tensors and checks shapes, dtypes, row counts and labels against `segments`.
+/// Returns the splits and the common `(n_mels, frames)`.
+fn check_features<'a>(
+    file: &'a TensorFile,
+    path: &Path,
+    segments: &SegmentTable,
+) -> Result<(Vec<SplitView<'a>>, usize, usize), StageError> {
+    let mut views = Vec::with_capacity(SPLITS.len());
+    let mut dims: Option<(usize, usize)> = None;
+    for split in SPLITS {
+        let values = file.tensor(split)?;
+        if values.dtype != Dtype::F32 || values.shape.len() != 3 {
+            return Err(StageError::bad_file(
+                path,
+                format!(
+                    "tensor `{split}` must be F32 [segments, n_mels, frames], found {:?} {:?}",
+                    values.dtype, values.shape
+                ),
+            ));
+        }
+        let here = (values.shape[1], values.shape[2]);
+        if let Some(first) = dims {
+            if first != here {
+                return Err(StageError::bad_file(
+                    path,
+                    format!(
+                        "tensor `{split}` has segments of {} x {}, the train split {} x {}",
+                        here.0, here.1, first.0, first.1
+                    ),
+                ));
+            }
+        }
+        dims = Some(here);
+        let expected: Vec<&_> = segments.of_split(split).collect();
+        if values.rows() != expected.len() {
+            return Err(StageError::bad_input(
+                "features",
+                format!(
+                    "tensor `{split}` has {} rows but the segment table lists {} {split} segments",
+                    values.rows(),
+                    expected.len()
+                ),
+            ));
+        }
+        let labels_name = format!("{split}_labels");
+        let labels_tensor = file.tensor(&labels_name)?;
+        if labels_tensor.dtype != Dtype::U32 || labels_tensor.shape != [expected.len()] {
+            return Err(StageError::bad_file(
+                path,
+                format!(
+                    "tensor `{labels_name}` must be U32 [{}], found {:?} {:?}",
+                    expected.len(),
+                    labels_tensor.dtype,
+                    labels_tensor.shape
+                ),
+            ));
+        }
+        let labels = labels_tensor.to_u32();
+        if let Some((seg, &label)) = expected
+            .iter()
+            .zip(&labels)
+            .find(|(seg, &label)| seg.label != label)
+        {
+            return Err(StageError::bad_input(
+                "features",
+                format!(
+                    "tensor `{labels_name}` gives segment `{}` label {label}, the segment table {}",
+                    seg.id, seg.label
+                ),
+            ));
+        }
+        views.push(SplitView {
+            name: split,
+            values,
+            labels,
+        });
+    }
+    let (n_mels, frames) = dims.unwrap_or((0, 0));
+    Ok((views, n_mels, frames))
+}
+
+/// The fit set as the leakage audit reads it.
+fn fit_lineage(segments: &SegmentTable) -> serde_json::Value {
+    let train: Vec<_> = segments.of_split("train").collect();
+    let mut tracks: Vec<&str> = train.iter().map(|s| s.track.as_str()).collect();
+    tracks.sort_unstable();
+    tracks.dedup();
+    let ids: Vec<&str> = train.iter().map(|s| s.id.as_str()).collect();
+    serde_json::json!({
+        "split": "train",
+        "segments": train.len(),
+        "tracks": tracks,
+        "segment_ids_digest": blake3::hash(ids.join("\n").as_bytes()).to_hex().to_string(),
+    })
+}
+
+fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
+    let features_path = ctx.input("features")?;
+    let segments: SegmentTable = crate::stage::read_json(ctx.input("segments")?, "segments")?;
+    let features = TensorFile::open(features_path)?;
+    let (splits, n_mels, frames) = check_features(&features, features_path, &segments)?;
+    let train = &splits[0];
+
+    let n_train = train.values.rows();
+    let fit_bar = ctx.progress(2 * n_train as u64, "fit");
+    let read_train = |i: usize, buf: &mut Vec<f32>| train.values.row_f32_into(i, buf);
+    let fitted = fit(n_train, n_mels, frames, params.mode, &read_train, &|k| {
+        fit_bar.inc(k)
+    })?;
+    fit_bar.finish_and_clear();
+
+    let scaler_path = ctx.output_path("scaler")?;
+    let shape = fitted.stat_shape();
+    let mut out = TensorWriter::create(
+        &scaler_path,
+        vec![
+            TensorSpec::new("mean", Dtype::F64, shape.clone()),
+            TensorSpec::new("std", Dtype::F64, shape),
+            TensorSpec::new("count", Dtype::U32, vec![1]),
+        ],
+    )?;
+    out.write_f64(&fitted.mean)?;
+    out.write_f64(&fitted.std)?;
+    let count = u32::try_from(fitted.count).map_err(|_| {
+        StageError::Invalid(format!(
+            "{} train segments exceed the U32 count",
+            fitted.count
+        ))
+    })?;
+    out.write_u32(&[count])?;
+    out.finish()?;
+
+    let scaled_path = ctx.output_path("scaled")?;
+    let specs = splits
+        .iter()
+        .flat_map(|s| {
+            [
+                TensorSpec::new(s.name, Dtype::F32, s.values.shape.clone()),
+                TensorSpec::new(
+                    format!("{}_labels", s.name),
+                    Dtype::U32,
+                    vec![s.labels.len()],
+                ),
+            ]
+        })
+        .collect();
+    let mut out = TensorWriter::create(&scaled_path, specs)?;
+    let (cell_mean, cell_std) = fitted.per_cell();
+    let total: usize = splits.iter().map(|s| s.values.rows()).sum();
+    let apply_bar = ctx.progress(total as u64, "apply");
+    let mut applied_to = BTreeMap::new();
+    for split in &splits {
+        let n = split.values.rows();
+        let read = |i: usize, buf: &mut Vec<f32>| split.values.row_f32_into(i, buf);
+        for start in (0..n).step_by(BATCH_ROWS) {
+            let end = (start + BATCH_ROWS).min(n);
+            let scaled: Vec<Vec<f32>> = read_batch(&read, start, end)
+                .into_par_iter()
+                .map(|row| scale_row(&row, &cell_mean, &cell_std))
+                .collect();
+            for row in &scaled {
+                out.write_f32(row)?;
+            }
+            apply_bar.inc((end - start) as u64);
+        }
+        out.write_u32(&split.labels)?;
+        applied_to.insert(split.name, n);
+    }
+    out.finish()?;
+    apply_bar.finish_and_clear();
+
+    let fit_set = fit_lineage(&segments);
+    let n_tracks = fit_set["tracks"].as_array().map_or(0, Vec::len);
+    let average = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let summary = format!(
+        "scaler (per {}) fitted on {} train segments from {} tracks; mean {:.1} dB, std {:.1} dB on average",
+        params.mode.name(),
+        fitted.count,
+        n_tracks,
+        average(&fitted.mean),
+        average(&fitted.std),
+    );
+    Ok(StageReport {
+        lineage: serde_json::json!({
+            "fit_set": fit_set,
+            "applied_to": applied_to,
+            "mode": params.mode.name(),
+        }),
+        summary: vec![summary],
+    })
+}
+
+const NEEDS: &[Need] = &[Need::one("features"), Need::one("segments")];
 
 pub fn kind() -> Box<dyn StageKind> {
     Box::new(TypedStage::<Params> {
         kind: "scaler",
-        about: "not implemented yet",
-        needs: &[],
-        outputs: &["scaler"],
-        code_dirs: &["scaler"],
+        about: "standardise log-mel features with statistics fitted on the train split only",
+        needs: NEEDS,
+        outputs: &["scaler", "scaled"],
+        code_dirs: &["scaler", "common"],
         run,
     })
 }
