@@ -1,0 +1,33 @@
+# genrelab — the two commands a fresh machine needs are `make reproduce` and `make test`.
+CARGO ?= cargo
+BIN := target/release/genrelab
+
+.PHONY: reproduce test lint bench verify build clean-artifacts
+
+build:
+	$(CARGO) build --release
+
+## Run the whole pipeline on the embedded synthetic corpus (generated on first run), then verify the store.
+reproduce: build
+	$(BIN) run
+	$(BIN) verify
+
+## Format check, lints, unit and end-to-end tests (the engine's toy stages are compiled in for the tests).
+test: lint
+	$(CARGO) test --features toy-stages
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --features toy-stages -- -D warnings
+
+## Benchmarks, each printed as a ratio against a baseline measured in the same script.
+bench:
+	bash bench/status.sh
+	bash bench/features.sh
+
+## Re-hash every artifact pipeline.lock names.
+verify: build
+	$(BIN) verify
+
+clean-artifacts:
+	rm -rf artifacts
