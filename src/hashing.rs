@@ -158,6 +158,44 @@ mod tests {
     }
 
     #[test]
+    fn the_built_fingerprints_are_the_digests_of_the_stage_folders() {
+        let stages = Path::new(env!("CARGO_MANIFEST_DIR")).join("stages");
+        for (dir, built) in crate::code::STAGE_SOURCE_DIGESTS {
+            assert_eq!(
+                &crate::code_digest::folder_digest(&stages.join(dir)).unwrap(),
+                built,
+                "stages/{dir}"
+            );
+        }
+        assert!(code_dirs(&["split"])["split"].len() == 64);
+    }
+
+    #[test]
+    fn editing_one_stage_folder_changes_only_its_digest() {
+        let tree = tempfile::tempdir().unwrap();
+        for dir in ["split", "slice"] {
+            std::fs::create_dir_all(tree.path().join(dir)).unwrap();
+            std::fs::write(tree.path().join(dir).join("mod.rs"), format!("//! {dir}\n")).unwrap();
+        }
+        let digest = |dir: &str| crate::code_digest::folder_digest(&tree.path().join(dir)).unwrap();
+        let (split, slice) = (digest("split"), digest("slice"));
+        std::fs::write(
+            tree.path().join("split/mod.rs"),
+            "//! split, with a comment edited\n",
+        )
+        .unwrap();
+        assert_ne!(digest("split"), split);
+        assert_eq!(digest("slice"), slice);
+        // A renamed file is a change too, even with the same bytes.
+        std::fs::rename(
+            tree.path().join("slice/mod.rs"),
+            tree.path().join("slice/other.rs"),
+        )
+        .unwrap();
+        assert_ne!(digest("slice"), slice);
+    }
+
+    #[test]
     fn seed_ignores_code_but_key_does_not() {
         let p = serde_json::json!({"x": 1});
         let with_code = |code: &'static str| StageKeyInputs {

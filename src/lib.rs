@@ -14,6 +14,7 @@ pub mod code {
 }
 
 pub mod cli;
+pub mod code_digest;
 pub mod config;
 pub mod dag;
 pub mod engine;
