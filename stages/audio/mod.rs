@@ -28,7 +28,8 @@ pub struct AudioError {
     pub reason: String,
 }
 
-/// One decoded track: mono samples at the requested rate, in [-1, 1].
+/// One decoded track: mono samples at the requested rate, nominally in [-1, 1] (resampling may overshoot
+/// full scale slightly, as any band-limited resampler does; nothing is clipped).
 #[derive(Debug, Clone)]
 pub struct Decoded {
     pub samples: Vec<f32>,
