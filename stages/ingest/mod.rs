@@ -1,25 +1,268 @@
-//! Stage `ingest` (not yet implemented).
+//! Stage `ingest`: the raw dataset folder becomes a track table (one decodable track per audio file, with
+//! its class, label and audio identity) and a quarantine list (every other file, with the reason).
+//!
+//! Invariants:
+//! - Every file of the dataset is either a track or quarantined; nothing is dropped silently. Files with a
+//!   non-audio extension (the Kaggle copy's PNGs and CSVs, notes next to the audio) are quarantined as "not an
+//!   audio file" so a stray file is visible in the artifact, not an error that blocks the run.
+//! - Every track decoded completely at ingest (a truncated file is quarantined here, not found downstream).
+//! - Classes are the folders directly holding the tracks, sorted; a track's label is its class's index.
+//!   A class left without any decodable track is an error: stratified splitting needs data in every class.
+//! - Output bytes do not depend on the thread count: decoding runs in parallel with ordered collection, and
+//!   both tables are sorted (tracks by id, quarantine by path).
+//! - At most one decoded track per worker is in memory: each is digested and counted, then dropped.
 
-use crate::stage::{StageContext, StageError, StageKind, StageReport, TypedStage};
+mod layout;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Params {}
+use crate::stage::{
+    write_canonical_json, Need, StageContext, StageError, StageKind, StageReport, TypedStage,
+    DATASET,
+};
+use crate::stages::audio;
+use crate::stages::common::tables::{Quarantine, QuarantinedFile, Track, TrackTable};
 
-fn run(_params: &Params, _ctx: &StageContext) -> Result<StageReport, StageError> {
-    Err(StageError::Invalid(
-        "stage `ingest` is not implemented yet".into(),
+pub use layout::{extension, plan, Candidate, LayoutKind, Plan, SkipKind, Skipped};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {
+    /// Rate every track is decoded (and, where needed, resampled) to. 22050 Hz: the study loads GTZAN with
+    /// `librosa.load`'s default rate, which is also GTZAN's native rate, so the study's data is never resampled.
+    pub sample_rate: u32,
+    /// File extensions treated as audio (case-insensitive, no dot). `wav` and `au`: the Kaggle and the original
+    /// GTZAN distributions, the two containers the decoder reads.
+    pub extensions: Vec<String>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            sample_rate: 22050,
+            extensions: vec!["wav".into(), "au".into()],
+        }
+    }
+}
+
+/// Non-audio files listed one per summary line up to this many; beyond it they are summarised by extension
+/// (the Kaggle GTZAN copy carries a thousand spectrogram PNGs).
+const NOT_AUDIO_LINES: usize = 10;
+
+/// What decoding one candidate left behind: its numbers, or why it failed.
+type Outcome = Result<Track, QuarantinedFile>;
+
+fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
+    if params.sample_rate == 0 {
+        return Err(StageError::Invalid(
+            "ingest: sample_rate must be > 0".into(),
+        ));
+    }
+    let extensions: Vec<String> = params
+        .extensions
+        .iter()
+        .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if extensions.is_empty() {
+        return Err(StageError::Invalid(
+            "ingest: extensions must name at least one file extension".into(),
+        ));
+    }
+    let dataset = ctx.dataset()?;
+    let plan = layout::plan(
+        &dataset.files,
+        &extensions,
+        &dataset.root.display().to_string(),
+    )
+    .map_err(|reason| StageError::bad_input(DATASET, reason))?;
+
+    let bar = ctx.progress(plan.candidates.len() as u64, "decode");
+    let outcomes: Vec<Outcome> = plan
+        .candidates
+        .par_iter()
+        .map(|c| {
+            let outcome = decode_one(&dataset.root, c, params.sample_rate);
+            bar.inc(1);
+            outcome
+        })
+        .collect();
+    bar.finish();
+
+    let (table, quarantine) = assemble(&plan, outcomes, params.sample_rate)?;
+    write_canonical_json(&ctx.output_path("tracks")?, &table)?;
+    write_canonical_json(&ctx.output_path("quarantine")?, &quarantine)?;
+    Ok(report(&plan, &table, &quarantine))
+}
+
+fn decode_one(root: &Path, c: &Candidate, sample_rate: u32) -> Outcome {
+    let path = join_rel(root, &c.rel_path);
+    match audio::decode_file(&path, sample_rate) {
+        Ok(decoded) => Ok(Track {
+            id: c.id.clone(),
+            class: c.class.clone(),
+            label: 0, // set once every class is known
+            path: c.rel_path.clone(),
+            samples: decoded.samples.len() as u64,
+            source_rate: decoded.source_rate,
+            source_channels: decoded.source_channels,
+            file_digest: c.file_digest.clone(),
+            audio_digest: audio::audio_digest(&decoded.samples),
+        }),
+        Err(e) => Err(QuarantinedFile {
+            path: c.rel_path.clone(),
+            file_digest: c.file_digest.clone(),
+            reason: e.reason,
+        }),
+    }
+}
+
+fn join_rel(root: &Path, rel: &str) -> PathBuf {
+    let mut path = root.to_path_buf();
+    path.extend(rel.split('/'));
+    path
+}
+
+/// Labels, sorting and the every-class-has-data check, over the decode outcomes in candidate order.
+pub fn assemble(
+    plan: &Plan,
+    outcomes: Vec<Outcome>,
+    sample_rate: u32,
+) -> Result<(TrackTable, Quarantine), StageError> {
+    let mut per_class: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+    for c in &plan.candidates {
+        per_class.entry(c.class.clone()).or_default();
+    }
+    let mut tracks = Vec::new();
+    let mut quarantined: Vec<QuarantinedFile> =
+        plan.skipped.iter().map(|s| s.file.clone()).collect();
+    for (c, outcome) in plan.candidates.iter().zip(outcomes) {
+        let entry = per_class.entry(c.class.clone()).or_default();
+        match outcome {
+            Ok(track) => {
+                entry.0 += 1;
+                tracks.push(track);
+            }
+            Err(q) => {
+                entry.1.push(format!("{}: {}", q.path, q.reason));
+                quarantined.push(q);
+            }
+        }
+    }
+    let empty: Vec<String> = per_class
+        .iter()
+        .filter(|(_, (ok, _))| *ok == 0)
+        .map(|(class, (_, failures))| {
+            format!(
+                "class `{class}` has no decodable track ({} quarantined: {})",
+                failures.len(),
+                failures.join("; ")
+            )
+        })
+        .collect();
+    if !empty.is_empty() {
+        return Err(StageError::bad_input(
+            DATASET,
+            format!(
+                "{}; a class without data cannot be split or learned: fix or remove its folder",
+                empty.join("; ")
+            ),
+        ));
+    }
+    let classes: Vec<String> = per_class.into_keys().collect();
+    for t in &mut tracks {
+        t.label = classes.binary_search(&t.class).map_err(|_| {
+            StageError::Invalid(format!("ingest: class of {} not among classes", t.id))
+        })? as u32;
+    }
+    tracks.sort_by(|a, b| a.id.cmp(&b.id));
+    quarantined.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((
+        TrackTable {
+            sample_rate,
+            classes,
+            tracks,
+        },
+        Quarantine { files: quarantined },
     ))
 }
+
+fn report(plan: &Plan, table: &TrackTable, quarantine: &Quarantine) -> StageReport {
+    let mut classes: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut formats: BTreeMap<(u32, u16), u64> = BTreeMap::new();
+    for t in &table.tracks {
+        *classes.entry(t.class.as_str()).or_default() += 1;
+        *formats
+            .entry((t.source_rate, t.source_channels))
+            .or_default() += 1;
+    }
+    let lineage = serde_json::json!({
+        "tracks": table.tracks.len(),
+        "classes": classes,
+        "quarantined": quarantine.files.iter().map(|q| q.path.as_str()).collect::<Vec<_>>(),
+    });
+
+    let mut summary = vec![format!(
+        "{} tracks in {} classes at {} Hz (layout: {})",
+        table.tracks.len(),
+        table.classes.len(),
+        table.sample_rate,
+        plan.kind.name()
+    )];
+    let formats: Vec<String> = formats
+        .iter()
+        .map(|((rate, ch), n)| format!("{n} at {rate} Hz/{ch} ch"))
+        .collect();
+    summary.push(format!("source formats: {}", formats.join(", ")));
+
+    let not_audio: BTreeMap<&str, ()> = plan
+        .skipped
+        .iter()
+        .filter(|s| s.kind == SkipKind::NotAudio)
+        .map(|s| (s.file.path.as_str(), ()))
+        .collect();
+    let grouped = not_audio.len() > NOT_AUDIO_LINES;
+    for q in &quarantine.files {
+        if grouped && not_audio.contains_key(q.path.as_str()) {
+            continue;
+        }
+        summary.push(format!("quarantined {}: {}", q.path, q.reason));
+    }
+    if grouped {
+        let mut by_ext: BTreeMap<String, u64> = BTreeMap::new();
+        for path in not_audio.keys() {
+            let ext = extension(path).map_or_else(|| "(none)".to_string(), |e| format!(".{e}"));
+            *by_ext.entry(ext).or_default() += 1;
+        }
+        let counts: Vec<String> = by_ext.iter().map(|(e, n)| format!("{e} {n}")).collect();
+        summary.push(format!(
+            "quarantined {} non-audio files ({}); listed in the quarantine artifact",
+            not_audio.len(),
+            counts.join(", ")
+        ));
+    }
+    if quarantine.files.is_empty() {
+        summary.push("quarantine: none".into());
+    }
+    StageReport { lineage, summary }
+}
+
+const NEEDS: &[Need] = &[Need::one(DATASET)];
 
 pub fn kind() -> Box<dyn StageKind> {
     Box::new(TypedStage::<Params> {
         kind: "ingest",
-        about: "not implemented yet",
-        needs: &[],
-        outputs: &["ingest"],
-        code_dirs: &["ingest"],
+        about: "decode every audio file of the dataset into a track table; quarantine the rest with reasons",
+        needs: NEEDS,
+        outputs: &["tracks", "quarantine"],
+        code_dirs: &["ingest", "audio", "common"],
         run,
     })
 }
