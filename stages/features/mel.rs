@@ -159,6 +159,10 @@ pub struct MelExtractor {
     top_db: Option<f64>,
     window: Vec<f64>,
     filters: Vec<MelFilter>,
+    /// The filters' f32 weights widened to f64 once, back to back, so the per-frame sums need no conversion.
+    bank: Vec<f64>,
+    /// Per filter: (first bin, offset into `bank`, length).
+    spans: Vec<(usize, usize, usize)>,
     fft: Arc<dyn RealToComplex<f64>>,
 }
 
@@ -216,6 +220,12 @@ impl MelExtractor {
         }
         let filters = mel_filter_bank(sample_rate, params.n_fft, params.n_mels, params.fmin, fmax)?;
         let fft = RealFftPlanner::<f64>::new().plan_fft_forward(params.n_fft);
+        let mut bank = Vec::new();
+        let mut spans = Vec::with_capacity(filters.len());
+        for filter in &filters {
+            spans.push((filter.first_bin, bank.len(), filter.weights.len()));
+            bank.extend(filter.weights.iter().map(|&w| f64::from(w)));
+        }
         Ok(MelExtractor {
             n_fft: params.n_fft,
             hop: params.hop_length,
@@ -227,6 +237,8 @@ impl MelExtractor {
             top_db: params.top_db,
             window: hann_periodic(params.n_fft),
             filters,
+            bank,
+            spans,
             fft,
         })
     }
@@ -359,8 +371,8 @@ impl MelExtractor {
         let frames = self.frames(segment.len())?;
         let mut out = vec![0f64; self.n_mels() * frames];
         self.for_each_frame(segment, |t, power| {
-            for (m, filter) in self.filters.iter().enumerate() {
-                out[m * frames + t] = apply_filter(filter, power);
+            for (m, &span) in self.spans.iter().enumerate() {
+                out[m * frames + t] = self.apply_filter(span, power);
             }
         })?;
         Ok(out)
@@ -381,13 +393,22 @@ impl MelExtractor {
             });
         }
         self.for_each_frame(segment, |t, power| {
-            for (m, filter) in self.filters.iter().enumerate() {
+            for (m, &span) in self.spans.iter().enumerate() {
                 // librosa's mel spectrogram is float32.
-                out[m * frames + t] = apply_filter(filter, power) as f32;
+                out[m * frames + t] = self.apply_filter(span, power) as f32;
             }
         })?;
         self.power_to_db(out);
         Ok(())
+    }
+
+    /// One mel band of one frame: the filter's weights against its bins, summed in bin order.
+    fn apply_filter(&self, (first_bin, offset, len): (usize, usize, usize), power: &[f64]) -> f64 {
+        self.bank[offset..offset + len]
+            .iter()
+            .zip(&power[first_bin..first_bin + len])
+            .map(|(&w, &p)| w * p)
+            .sum()
     }
 
     /// librosa `power_to_db` in place over one segment's mel power, in librosa's float32 arithmetic.
@@ -422,14 +443,4 @@ impl MelExtractor {
             }
         }
     }
-}
-
-/// One mel band of one frame: the filter's weights against its bins, summed in bin order.
-fn apply_filter(filter: &MelFilter, power: &[f64]) -> f64 {
-    filter
-        .weights
-        .iter()
-        .zip(&power[filter.first_bin..])
-        .map(|(&w, &p)| f64::from(w) * p)
-        .sum()
 }
