@@ -148,6 +148,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Status { json } => {
+            if pipeline.dataset.synthetic.is_some() && !pipeline.dataset.root.exists() {
+                println!(
+                    "dataset: the synthetic corpus is not generated yet in {} (`genrelab run` or `genrelab synth` makes it); every stage is stale",
+                    pipeline.dataset.root.display()
+                );
+                return Ok(ExitCode::from(1));
+            }
             let statuses = engine::status(&project, &pipeline, &dag)?;
             if json {
                 let rows: Vec<serde_json::Value> = statuses
