@@ -215,12 +215,12 @@ print(f"status, 16 stages, {n} x {size / 1e6:.1f} MB inputs ({n * size / 1e9:.2f
       f"{os.cpu_count()} CPUs, load average {e['LOAD_BEFORE']} before, {e['LOAD_AFTER']} after")
 print("wall time, median (min) of the runs")
 print(f"{'':34}{'genrelab':22}{e['D_LABEL']:34}{'ratio':9}target")
-met = True
+verdicts = []
 for key, name, g, d in rows:
     gtxt = sec(e[g]) + (f" ({float(e[g + '_MIN']):.3f})" if e.get(g + "_MIN") else "")
     target = f"<= {TARGET[key]} s" if key in TARGET else ""
     if key in TARGET:
-        met &= float(e[g]) <= TARGET[key]
+        verdicts.append(f"{key} {'met' if float(e[g]) <= TARGET[key] else 'NOT met'}")
     print(f"{name:34}{gtxt:22}{sec(e[d]):34}{ratio(e[d], e[g]):9}{target}")
 if e["D_MEASURED"] == "1":
     print()
@@ -228,7 +228,7 @@ if e["D_MEASURED"] == "1":
     for key, name, g, d in rows:
         print(f"{name:34}{sec(e[g + '_CPU']):22}{sec(e.get(d + '_CPU')):34}{ratio(e.get(d + '_CPU'), e[g + '_CPU'])}")
 print()
-print("targets (the issue's, for a machine where DVC takes 0.57 s / 2.9 s):", "met" if met else "NOT met")
+print("targets (the issue's, for a machine where DVC takes 0.57 s / 2.9 s):", ", ".join(verdicts))
 if e["D_MEASURED"] == "1":
     # The targets are stated against DVC on the issue's machine; DVC runs at another speed on this one.
     for key, name, g, d in rows:
