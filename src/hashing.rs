@@ -16,7 +16,6 @@
 //! version ([`seed_material`]): editing a comment in a stage re-runs it, but must not re-draw its random split.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -35,21 +34,12 @@ pub fn digest_bytes(bytes: &[u8]) -> Digest {
     blake3::hash(bytes).to_hex().to_string()
 }
 
-/// Hash a file by streaming it (never loads it whole).
+/// Hash a file through a memory map (no copy through a read buffer; blake3 falls back to reads for small
+/// files), never loading it whole into the heap.
 pub fn digest_file(path: &Path) -> std::io::Result<(Digest, u64)> {
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((hasher.finalize().to_hex().to_string(), total))
+    hasher.update_mmap(path)?;
+    Ok((hasher.finalize().to_hex().to_string(), hasher.count()))
 }
 
 /// The canonical byte form of any serializable value: JSON with sorted keys, no whitespace, shortest
