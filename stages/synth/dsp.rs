@@ -195,6 +195,9 @@ fn noise(rng: &mut ChaCha20Rng) -> f32 {
     rng.random::<f32>() * 2.0 - 1.0
 }
 
+/// Decays are cut after this many time constants (about -39 dB).
+const TAIL: f32 = 4.5;
+
 fn span(buf: &[f32], at: f32, seconds: f32) -> (usize, usize) {
     let start = ((at * SR).round().max(0.0) as usize).min(buf.len());
     let end = (start + (seconds * SR) as usize).min(buf.len());
@@ -203,7 +206,7 @@ fn span(buf: &[f32], at: f32, seconds: f32) -> (usize, usize) {
 
 /// Bass drum: a sine swept down from ~4x to `tune` Hz, with a click. Long `decay` gives an 808.
 pub fn kick(buf: &mut [f32], at: f32, amp: f32, tune: f32, decay: f32) {
-    let (s, e) = span(buf, at, decay * 6.0);
+    let (s, e) = span(buf, at, decay * TAIL);
     let mut phase = 0.0f32;
     let sweep = (-1.0 / (0.025 * SR)).exp();
     let fall = (-1.0 / (decay * SR)).exp();
@@ -228,7 +231,7 @@ pub fn noise_hit(
     hp_hz: f32,
     decay: f32,
 ) {
-    let (s, e) = span(buf, at, decay * 6.0);
+    let (s, e) = span(buf, at, decay * TAIL);
     let a = (-TAU * hp_hz / SR).exp();
     let fall = (-1.0 / (decay * SR)).exp();
     let mut low = 0.0f32;
@@ -243,7 +246,7 @@ pub fn noise_hit(
 
 /// A damped sine (snare body, rim click, toms, cowbell partials).
 pub fn tone_hit(buf: &mut [f32], at: f32, amp: f32, freq: f32, decay: f32) {
-    let (s, e) = span(buf, at, decay * 6.0);
+    let (s, e) = span(buf, at, decay * TAIL);
     let fall = (-1.0 / (decay * SR)).exp();
     let mut level = amp;
     let mut phase = 0.0f32;
@@ -273,7 +276,7 @@ pub fn clap(buf: &mut [f32], rng: &mut ChaCha20Rng, at: f32, amp: f32) {
 pub fn ride(buf: &mut [f32], rng: &mut ChaCha20Rng, at: f32, amp: f32) {
     noise_hit(buf, rng, at, amp * 0.5, 5000.0, 0.25);
     for (f, a) in [(3140.0, 0.25), (4230.0, 0.2), (5270.0, 0.15), (6880.0, 0.1)] {
-        tone_hit(buf, at, amp * a, f, 0.45);
+        tone_hit(buf, at, amp * a, f, 0.3);
     }
 }
 

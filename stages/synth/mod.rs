@@ -14,9 +14,19 @@
 //!   a folder that looks complete: the corpus is built in a sibling temp folder, the marker file is written
 //!   last, and the folder is renamed into place.
 //!
-//! How hard the task is (measured with `bench/synth-tuning/tune.py`, default seed, 30 tracks per genre,
-//! 60/20/20 track split, 128x128 log-mel of 65488-sample segments, per-cell standardised):
-//! see [`music`] for the design and the README there for the numbers.
+//! How hard the task is, measured with `bench/synth-tuning/tune.py` (30 tracks per genre, 128x128 log-mel
+//! of 65488-sample segments, ref=max, top_db 80, per-cell standardised; mean +- std over five stratified
+//! 60/20/20 track splits; see [`music`] for the musical design):
+//!
+//! | corpus seed | mean-spectrum nearest centroid (val / test) | temporal proxy, segments | temporal proxy, tracks |
+//! |---|---|---|---|
+//! | 42 (default) | 0.42 / 0.44 | 0.71 / 0.74 | 0.80 / 0.84 |
+//! | 7 | 0.55 / 0.55 | 0.78 / 0.78 | 0.85 / 0.85 |
+//!
+//! The temporal proxy is a logistic regression on per-segment band statistics plus onset-strength
+//! autocorrelation and band-envelope modulation spectra. Timbre alone gets about half the tracks right
+//! (rock~metal, disco~pop, hiphop~reggae, blues~country collide); rhythm and time structure add about 30
+//! points. Generating 300 tracks takes about 15 s on two cores (release build).
 
 mod dsp;
 pub mod music;

@@ -65,7 +65,7 @@ enum Comp {
     Strum,
     Stabs,
     Skank,
-    JazzComp,
+    Comping,
     Power,
     Chug,
     Loop,
@@ -255,7 +255,7 @@ fn base_style(rng: &mut ChaCha20Rng) -> Style {
         echo: 0.0,
         swell: range(rng, 0.0, 0.25),
         bandwidth_hz: range(rng, 4000.0, 10500.0),
-        hiss: 10f32.powf(range(rng, -3.5, -1.8)),
+        hiss: 10f32.powf(range(rng, -3.8, -2.3)),
         hum: if rng.random_bool(0.2) {
             10f32.powf(range(rng, -3.5, -2.2))
         } else {
@@ -333,7 +333,7 @@ fn blueprint(genre: &str, rng: &mut ChaCha20Rng) -> Style {
             };
             s.bass = Bass::Walking;
             s.bass_timbre = Timbre::Upright;
-            s.comp = Comp::JazzComp;
+            s.comp = Comp::Comping;
             s.comp_timbre = pick(
                 rng,
                 &[Timbre::Piano, Timbre::Piano, Timbre::EPiano, Timbre::Guitar],
@@ -743,7 +743,7 @@ fn neighbours(genre: &str) -> &'static [&'static str] {
 }
 
 /// Probability that a track borrows one element from a neighbouring genre.
-const BORROW: f64 = 0.3;
+const BORROW: f64 = 0.2;
 
 /// Draws the style of one track of `genre`.
 fn style(genre: &str, rng: &mut ChaCha20Rng) -> Style {
@@ -829,7 +829,56 @@ impl Ctx<'_> {
     }
 }
 
+/// One-shot drum sounds rendered once per track (three takes each, picked at random per hit) and stamped
+/// where they play: a drum machine's samples, and far cheaper than synthesising every hit.
+#[derive(Default)]
+struct Kit {
+    shots: std::collections::BTreeMap<usize, Vec<Vec<f32>>>,
+}
+
+impl Kit {
+    const TAKES: usize = 3;
+    /// Longest one-shot (a crash rings longest).
+    const MAX_SECONDS: f32 = 3.6;
+
+    fn play(
+        &mut self,
+        buf: &mut [f32],
+        rng: &mut ChaCha20Rng,
+        voice: usize,
+        at: f32,
+        amp: f32,
+        make: impl Fn(&mut [f32], &mut ChaCha20Rng),
+    ) {
+        let takes = self.shots.entry(voice).or_insert_with(|| {
+            (0..Self::TAKES)
+                .map(|_| {
+                    let mut shot = vec![0.0f32; (Self::MAX_SECONDS * SR) as usize];
+                    make(&mut shot, rng);
+                    let end = shot.iter().rposition(|v| *v != 0.0).map_or(0, |i| i + 1);
+                    shot.truncate(end);
+                    shot
+                })
+                .collect()
+        });
+        let shot = &takes[rng.random_range(0..Self::TAKES)];
+        let start = (at * SR).round();
+        if start < 0.0 {
+            return;
+        }
+        let start = start as usize;
+        if start >= buf.len() {
+            return;
+        }
+        let end = (start + shot.len()).min(buf.len());
+        for (v, s) in buf[start..end].iter_mut().zip(shot) {
+            *v += amp * s;
+        }
+    }
+}
+
 fn drums(c: &Ctx, buf: &mut [f32], rng: &mut ChaCha20Rng) {
+    let mut kit = Kit::default();
     let kick_tune = range(rng, 45.0, 65.0);
     let kick_decay = range(rng, 0.08, 0.2);
     let snare_tune = range(rng, 160.0, 240.0);
@@ -843,7 +892,9 @@ fn drums(c: &Ctx, buf: &mut [f32], rng: &mut ChaCha20Rng) {
         }
         if bar % 4 == 0 && !matches!(c.s.drums, Drums::Jazz | Drums::None) && rng.random_bool(0.5) {
             let t = c.t(rng, bar, 0);
-            dsp::noise_hit(buf, rng, t, 0.5, 3000.0, 0.8);
+            kit.play(buf, rng, 0, t, 0.5, |b, r| {
+                dsp::noise_hit(b, r, 0.0, 1.0, 3000.0, 0.8)
+            });
         }
         for step in 0..16 {
             let t = c.t(rng, bar, step);
@@ -861,77 +912,111 @@ fn drums(c: &Ctx, buf: &mut [f32], rng: &mut ChaCha20Rng) {
                         _ => step == 0 || step == 8,
                     };
                     if kick {
-                        dsp::kick(buf, t, v, kick_tune, kick_decay);
+                        kit.play(buf, rng, 1, t, v, |b, _| {
+                            dsp::kick(b, 0.0, 1.0, kick_tune, kick_decay)
+                        });
                     }
                     if step == 4 || step == 12 {
                         if c.s.drums == Drums::Pop {
-                            dsp::clap(buf, rng, t, 0.8 * v);
+                            kit.play(buf, rng, 2, t, 0.8 * v, |b, r| dsp::clap(b, r, 0.0, 1.0));
                         } else if c.s.drums == Drums::Country {
-                            dsp::tone_hit(buf, t, 0.5 * v, 1700.0, 0.02);
-                            dsp::snare(buf, rng, t, 0.5 * v, snare_tune, snap * 0.6);
+                            kit.play(buf, rng, 3, t, 0.5 * v, |b, _| {
+                                dsp::tone_hit(b, 0.0, 1.0, 1700.0, 0.02)
+                            });
+                            kit.play(buf, rng, 4, t, 0.5 * v, |b, r| {
+                                dsp::snare(b, r, 0.0, 1.0, snare_tune, snap * 0.6)
+                            });
                         } else {
-                            dsp::snare(buf, rng, t, v, snare_tune, snap);
+                            kit.play(buf, rng, 5, t, v, |b, r| {
+                                dsp::snare(b, r, 0.0, 1.0, snare_tune, snap)
+                            });
                         }
                     }
                     if c.s.drums == Drums::Country && !eighth {
-                        dsp::noise_hit(buf, rng, t, 0.12 * v, 2500.0, 0.04);
+                        kit.play(buf, rng, 6, t, 0.12 * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, 2500.0, 0.04)
+                        });
                     }
                     if eighth || (hat16 && c.s.drums == Drums::Pop) {
                         let accent = if beat { 0.35 } else { 0.25 };
                         if c.s.drums == Drums::Shuffle && !beat && step % 4 != 2 {
                             continue;
                         }
-                        dsp::noise_hit(buf, rng, t, accent * v, hat_hp, hat_decay);
+                        kit.play(buf, rng, 7, t, accent * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, hat_hp, hat_decay)
+                        });
                     }
                 }
                 Drums::Jazz => {
                     // Ride: 1, 2, 2-and (swung), 3, 4, 4-and.
                     if beat || step == 6 || step == 14 {
-                        dsp::ride(buf, rng, t, 0.3 * v);
+                        kit.play(buf, rng, 8, t, 0.3 * v, |b, r| dsp::ride(b, r, 0.0, 1.0));
                     }
                     if step == 4 || step == 12 {
-                        dsp::noise_hit(buf, rng, t, 0.15 * v, 4000.0, 0.02);
+                        kit.play(buf, rng, 9, t, 0.15 * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, 4000.0, 0.02)
+                        });
                     }
                     if beat {
-                        dsp::kick(buf, t, 0.25 * v, kick_tune, 0.1);
+                        kit.play(buf, rng, 10, t, 0.25 * v, |b, _| {
+                            dsp::kick(b, 0.0, 1.0, kick_tune, 0.1)
+                        });
                     }
                     if eighth && rng.random_bool(0.12) {
-                        dsp::snare(buf, rng, t, 0.35 * v, snare_tune, snap);
+                        kit.play(buf, rng, 11, t, 0.35 * v, |b, r| {
+                            dsp::snare(b, r, 0.0, 1.0, snare_tune, snap)
+                        });
                     }
                 }
                 Drums::Disco => {
                     if beat {
-                        dsp::kick(buf, t, v, kick_tune, kick_decay);
+                        kit.play(buf, rng, 12, t, v, |b, _| {
+                            dsp::kick(b, 0.0, 1.0, kick_tune, kick_decay)
+                        });
                     }
                     if step == 4 || step == 12 {
-                        dsp::clap(buf, rng, t, 0.6 * v);
-                        dsp::snare(buf, rng, t, 0.6 * v, snare_tune, snap);
+                        kit.play(buf, rng, 13, t, 0.6 * v, |b, r| dsp::clap(b, r, 0.0, 1.0));
+                        kit.play(buf, rng, 14, t, 0.6 * v, |b, r| {
+                            dsp::snare(b, r, 0.0, 1.0, snare_tune, snap)
+                        });
                     }
                     if step % 4 == 2 {
-                        dsp::noise_hit(buf, rng, t, 0.35 * v, hat_hp * 0.8, 0.18);
+                        kit.play(buf, rng, 15, t, 0.35 * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, hat_hp * 0.8, 0.18)
+                        });
                     } else {
-                        dsp::noise_hit(buf, rng, t, 0.15 * v, hat_hp, hat_decay);
+                        kit.play(buf, rng, 16, t, 0.15 * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, hat_hp, hat_decay)
+                        });
                     }
                 }
                 Drums::HipHop => {
                     let kick = matches!(step, 0 | 7 | 10) || (step == 3 && bar % 2 == 1);
                     if kick {
-                        dsp::kick(buf, t, v, kick_tune * 0.9, kick_decay * 1.5);
+                        kit.play(buf, rng, 17, t, v, |b, _| {
+                            dsp::kick(b, 0.0, 1.0, kick_tune * 0.9, kick_decay * 1.5)
+                        });
                     }
                     if step == 4 || step == 12 {
-                        dsp::snare(buf, rng, t, v, snare_tune, snap);
+                        kit.play(buf, rng, 18, t, v, |b, r| {
+                            dsp::snare(b, r, 0.0, 1.0, snare_tune, snap)
+                        });
                         if rng.random_bool(0.5) {
-                            dsp::clap(buf, rng, t, 0.4 * v);
+                            kit.play(buf, rng, 19, t, 0.4 * v, |b, r| dsp::clap(b, r, 0.0, 1.0));
                         }
                     }
                     if eighth || hat16 {
-                        dsp::noise_hit(buf, rng, t, 0.2 * v, hat_hp, hat_decay * 0.8);
+                        kit.play(buf, rng, 20, t, 0.2 * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, hat_hp, hat_decay * 0.8)
+                        });
                     }
                     if step == 14 && bar % 4 == 3 && rng.random_bool(0.5) {
                         // Hi-hat roll.
                         for k in 1..4 {
                             let tk = t + k as f32 * c.g.spb / 12.0;
-                            dsp::noise_hit(buf, rng, tk, 0.15 * v, hat_hp, hat_decay * 0.6);
+                            kit.play(buf, rng, 21, tk, 0.15 * v, |b, r| {
+                                dsp::noise_hit(b, r, 0.0, 1.0, hat_hp, hat_decay * 0.6)
+                            });
                         }
                     }
                 }
@@ -941,20 +1026,30 @@ fn drums(c: &Ctx, buf: &mut [f32], rng: &mut ChaCha20Rng) {
                         _ => beat,
                     };
                     if kick {
-                        dsp::kick(buf, t, v, kick_tune, kick_decay * 1.3);
+                        kit.play(buf, rng, 22, t, v, |b, _| {
+                            dsp::kick(b, 0.0, 1.0, kick_tune, kick_decay * 1.3)
+                        });
                     }
                     if step == 8 {
-                        dsp::tone_hit(buf, t, 0.5 * v, 1600.0, 0.025);
-                        dsp::noise_hit(buf, rng, t, 0.3 * v, 2000.0, 0.03);
+                        kit.play(buf, rng, 23, t, 0.5 * v, |b, _| {
+                            dsp::tone_hit(b, 0.0, 1.0, 1600.0, 0.025)
+                        });
+                        kit.play(buf, rng, 24, t, 0.3 * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, 2000.0, 0.03)
+                        });
                     }
                     if eighth {
-                        dsp::noise_hit(buf, rng, t, 0.2 * v, hat_hp, hat_decay);
+                        kit.play(buf, rng, 25, t, 0.2 * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, hat_hp, hat_decay)
+                        });
                     }
                 }
                 Drums::Metal { double_kick, blast } => {
                     let kick = if double_kick { true } else { eighth };
                     if kick {
-                        dsp::kick(buf, t, 0.8 * v, kick_tune * 1.1, 0.06);
+                        kit.play(buf, rng, 26, t, 0.8 * v, |b, _| {
+                            dsp::kick(b, 0.0, 1.0, kick_tune * 1.1, 0.06)
+                        });
                     }
                     let snare = if blast {
                         !beat && eighth
@@ -962,10 +1057,14 @@ fn drums(c: &Ctx, buf: &mut [f32], rng: &mut ChaCha20Rng) {
                         step == 4 || step == 12
                     };
                     if snare {
-                        dsp::snare(buf, rng, t, v, snare_tune * 1.1, snap * 1.2);
+                        kit.play(buf, rng, 27, t, v, |b, r| {
+                            dsp::snare(b, r, 0.0, 1.0, snare_tune * 1.1, snap * 1.2)
+                        });
                     }
                     if eighth {
-                        dsp::noise_hit(buf, rng, t, 0.3 * v, 3500.0, 0.15);
+                        kit.play(buf, rng, 28, t, 0.3 * v, |b, r| {
+                            dsp::noise_hit(b, r, 0.0, 1.0, 3500.0, 0.15)
+                        });
                     }
                 }
             }
@@ -1152,7 +1251,7 @@ fn comp(c: &Ctx, buf: &mut [f32], rng: &mut ChaCha20Rng) {
                     let up: Vec<i32> = notes.iter().map(|m| m + 12).collect();
                     play(buf, t, spb * 0.12, &up, 0.6 * v, 0.004);
                 }
-                Comp::JazzComp if (step % 2 == 0 || step % 4 == 3) && rng.random_bool(0.22) => {
+                Comp::Comping if (step % 2 == 0 || step % 4 == 3) && rng.random_bool(0.22) => {
                     play(buf, t, spb * range(rng, 0.3, 1.2), &notes, 0.5 * v, 0.0);
                 }
                 Comp::Power if step % 2 == 0 => {
