@@ -1,0 +1,209 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+
+fn small(per: u32, duplicates: u32) -> SynthParams {
+    SynthParams {
+        tracks_per_genre: per,
+        seed: 7,
+        duplicates,
+    }
+}
+
+/// blake3 of every file under `root`, by relative path.
+fn digests(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(
+                    rel,
+                    blake3::hash(&std::fs::read(&path).unwrap())
+                        .to_hex()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+#[test]
+fn bytes_do_not_depend_on_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let params = small(2, 1);
+    let a = dir.path().join("one");
+    let b = dir.path().join("four");
+    in_pool(1, || ensure_corpus(&params, &a).unwrap());
+    in_pool(4, || ensure_corpus(&params, &b).unwrap());
+    let (da, db) = (digests(&a), digests(&b));
+    assert_eq!(da.len(), 21, "20 tracks and the marker");
+    assert_eq!(da, db);
+    let other = dir.path().join("other-seed");
+    ensure_corpus(&SynthParams { seed: 8, ..params }, &other).unwrap();
+    assert_ne!(digests(&other), da, "the seed must matter");
+}
+
+#[test]
+fn layout_rate_and_lengths_follow_gtzan() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("corpus");
+    let out = ensure_corpus(&small(2, 0), &root).unwrap();
+    assert!(out.generated);
+    assert_eq!(out.tracks, 20);
+    let mut lengths = Vec::new();
+    for genre in GENRES {
+        for i in 0..2 {
+            let path = root.join(format!("genres_original/{genre}/{genre}.{i:05}.wav"));
+            let reader = hound::WavReader::open(&path).unwrap();
+            let spec = reader.spec();
+            assert_eq!(
+                (spec.sample_rate, spec.channels, spec.bits_per_sample),
+                (22050, 1, 16),
+                "{path:?}"
+            );
+            assert_eq!(spec.sample_format, hound::SampleFormat::Int);
+            let samples: Vec<i16> = reader.into_samples().map(Result::unwrap).collect();
+            let peak = samples.iter().map(|s| s.unsigned_abs()).max().unwrap();
+            assert!(peak > 10000, "{path:?} is nearly silent (peak {peak})");
+            lengths.push(samples.len());
+        }
+    }
+    assert!(
+        lengths.iter().all(|&n| (660000..=675808).contains(&n)),
+        "{lengths:?}"
+    );
+    assert!(
+        lengths.iter().filter(|&&n| n < 661500).count() >= 2,
+        "{lengths:?}"
+    );
+    assert!(lengths.contains(&661794), "{lengths:?}");
+}
+
+#[test]
+fn duplicates_are_byte_identical_copies() {
+    let params = small(3, 3);
+    let plan = plan(&params).unwrap();
+    let dups: Vec<&TrackPlan> = plan.iter().filter(|t| t.copy_of.is_some()).collect();
+    assert_eq!(dups.len(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("c");
+    ensure_corpus(&params, &root).unwrap();
+    let d = digests(&root);
+    for t in dups {
+        let (g, i) = t.copy_of.unwrap();
+        let source = TrackPlan {
+            genre: g,
+            index: i,
+            copy_of: None,
+        };
+        assert_eq!(d[&t.rel_path()], d[&source.rel_path()], "{t:?}");
+    }
+    let distinct: std::collections::BTreeSet<&String> = d.values().collect();
+    assert_eq!(
+        distinct.len(),
+        d.len() - 3,
+        "only the planned copies are equal"
+    );
+}
+
+#[test]
+fn ensure_corpus_is_idempotent_and_refuses_foreign_or_different_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let params = small(1, 0);
+    assert!(ensure_corpus(&params, &root).unwrap().generated);
+    let before = digests(&root);
+    let again = ensure_corpus(&params, &root).unwrap();
+    assert!(!again.generated);
+    assert_eq!(again.tracks, 10);
+    assert_eq!(digests(&root), before);
+
+    let err = ensure_corpus(&small(2, 0), &root).unwrap_err().to_string();
+    assert!(
+        err.contains("other settings") && err.contains("remove it"),
+        "{err}"
+    );
+
+    let foreign = dir.path().join("mine");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("song.wav"), b"user data").unwrap();
+    let err = ensure_corpus(&params, &foreign).unwrap_err().to_string();
+    assert!(
+        err.contains("not generated by genrelab") && err.contains("dataset.root"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(foreign.join("song.wav")).unwrap(),
+        b"user data"
+    );
+}
+
+#[test]
+fn leftover_temp_folder_from_a_killed_run_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let tmp = dir.path().join(".data.genrelab-synth-tmp");
+    std::fs::create_dir_all(tmp.join("genres_original/blues")).unwrap();
+    std::fs::write(tmp.join("genres_original/blues/half.wav"), b"partial").unwrap();
+    let params = small(1, 0);
+    assert!(ensure_corpus(&params, &root).unwrap().generated);
+    assert!(!tmp.exists());
+    let files = digests(&root);
+    assert!(!files.keys().any(|k| k.contains("half")), "{files:?}");
+    assert_eq!(files.len(), 11);
+}
+
+#[test]
+fn bad_params_are_rejected() {
+    assert!(plan(&small(0, 0)).is_err());
+    assert!(plan(&small(1, 6)).is_err());
+    let p = plan(&small(1, 5)).unwrap();
+    assert_eq!(p.iter().filter(|t| t.copy_of.is_some()).count(), 5);
+}
+
+/// Writes a corpus for the tuning harness (`bench/synth-tuning/tune.py`):
+/// `GENRELAB_SYNTH_OUT=/tmp/corpus GENRELAB_SYNTH_TRACKS=30 cargo test --release --lib write_tuning_corpus -- --ignored`
+#[test]
+#[ignore]
+fn write_tuning_corpus() {
+    let out = std::env::var("GENRELAB_SYNTH_OUT").expect("set GENRELAB_SYNTH_OUT");
+    let params = SynthParams {
+        tracks_per_genre: std::env::var("GENRELAB_SYNTH_TRACKS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(30),
+        seed: std::env::var("GENRELAB_SYNTH_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(42),
+        ..SynthParams::default()
+    };
+    let started = std::time::Instant::now();
+    let outcome = ensure_corpus(&params, Path::new(&out)).unwrap();
+    eprintln!(
+        "{} tracks in {:.1} s (generated: {})",
+        outcome.tracks,
+        started.elapsed().as_secs_f64(),
+        outcome.generated
+    );
+    assert!(outcome.tracks > 0);
+}
