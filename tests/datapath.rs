@@ -81,13 +81,26 @@ fn real_layout_corpus(p: &Project) {
             write_wav(&path, &tone(c, t, 6.0, 22050), 22050, 1);
         }
     }
-    std::fs::write(root.join("jazz/jazz.00054.wav"), b"this is not a RIFF file at all").unwrap();
+    std::fs::write(
+        root.join("jazz/jazz.00054.wav"),
+        b"this is not a RIFF file at all",
+    )
+    .unwrap();
     let truncated = root.join("blues/blues.00099.wav");
     write_wav(&truncated, &tone(0, 9, 6.0, 22050), 22050, 1);
     let bytes = std::fs::read(&truncated).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    write_wav(&root.join("metal/metal.00077.wav"), &tone(2, 7, 6.0, 44100), 44100, 2);
-    write_au(&root.join("jazz/jazz.00088.au"), &tone(1, 8, 6.0, 22050), 22050);
+    write_wav(
+        &root.join("metal/metal.00077.wav"),
+        &tone(2, 7, 6.0, 44100),
+        44100,
+        2,
+    );
+    write_au(
+        &root.join("jazz/jazz.00088.au"),
+        &tone(1, 8, 6.0, 22050),
+        22050,
+    );
 }
 
 fn real_project() -> Project {
@@ -106,16 +119,44 @@ fn a_real_layout_corpus_with_gtzan_faults_runs_end_to_end_and_quarantines_what_d
     let run = p.run(&["run", "-j", "2"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     // The two broken files are quarantined by name, with a reason, and printed.
-    assert!(run.stdout.contains("quarantined genres_original/jazz/jazz.00054.wav"), "{}", run.stdout);
-    assert!(run.stdout.contains("quarantined genres_original/blues/blues.00099.wav"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("quarantined genres_original/jazz/jazz.00054.wav"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("quarantined genres_original/blues/blues.00099.wav"),
+        "{}",
+        run.stdout
+    );
     // 15 + stereo 44.1 kHz + .au = 17 tracks.
-    assert!(run.stdout.contains("17 tracks in 3 classes"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("17 tracks in 3 classes"),
+        "{}",
+        run.stdout
+    );
     let quarantine = p.run(&["lineage", "ingest", "--json"]);
-    assert!(quarantine.stdout.contains("jazz.00054.wav"), "{}", quarantine.stdout);
-    assert!(run.stdout.contains("baseline (nearest centroid"), "{}", run.stdout);
+    assert!(
+        quarantine.stdout.contains("jazz.00054.wav"),
+        "{}",
+        quarantine.stdout
+    );
+    assert!(
+        run.stdout.contains("baseline (nearest centroid"),
+        "{}",
+        run.stdout
+    );
     let status = p.run(&["status"]);
     assert_eq!(status.code, 0, "{}", status.stdout);
-    assert!(status.stdout.contains("quarantined genres_original/jazz/jazz.00054.wav"), "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("quarantined genres_original/jazz/jazz.00054.wav"),
+        "{}",
+        status.stdout
+    );
     assert_eq!(p.run(&["verify"]).code, 0);
 }
 
@@ -126,8 +167,14 @@ fn rerunning_from_scratch_changes_no_digest_whatever_the_thread_count() {
     assert_eq!(a.run(&["run", "-j", "1"]).code, 0);
     assert_eq!(b.run(&["run", "-j", "3"]).code, 0);
     assert_eq!(a.lock(), b.lock());
-    let forced = a.run(&["run", "--force", "features", "--force", "scaler", "--force", "ingest"]);
-    assert_eq!(forced.code, 0, "forced re-runs must reproduce their outputs bit for bit:\n{}", forced.stdout);
+    let forced = a.run(&[
+        "run", "--force", "features", "--force", "scaler", "--force", "ingest",
+    ]);
+    assert_eq!(
+        forced.code, 0,
+        "forced re-runs must reproduce their outputs bit for bit:\n{}",
+        forced.stdout
+    );
     assert_eq!(a.lock(), b.lock());
 }
 
@@ -140,9 +187,18 @@ fn changing_n_mels_reruns_features_and_what_reads_them_only() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     // baseline reads the scaler's output, so it is a descendant too.
     assert_eq!(run.ran(), vec!["baseline", "features", "scaler"]);
-    assert!(run.line("features").contains("params.n_mels changed 128 → 64"), "{}", run.line("features"));
+    assert!(
+        run.line("features")
+            .contains("params.n_mels changed 128 → 64"),
+        "{}",
+        run.line("features")
+    );
     for cached in ["ingest", "split", "slice"] {
-        assert!(run.line(cached).contains("cached (up to date)"), "{}", run.line(cached));
+        assert!(
+            run.line(cached).contains("cached (up to date)"),
+            "{}",
+            run.line(cached)
+        );
     }
 }
 
@@ -150,16 +206,29 @@ fn changing_n_mels_reruns_features_and_what_reads_them_only() {
 fn the_scaler_records_exactly_the_train_tracks_it_was_fitted_on() {
     let p = real_project();
     assert_eq!(p.run(&["run"]).code, 0);
-    let tree: serde_json::Value = serde_json::from_str(&p.run(&["lineage", "scaler", "--json"]).stdout).unwrap();
-    let fit_tracks: Vec<String> = serde_json::from_value(tree["lineage"]["fit_set"]["tracks"].clone()).unwrap();
-    let split_digest = lock(&p)["stages"]["split"]["outputs"]["split"].as_str().unwrap().to_string();
-    let split_path = p.path().join("artifacts/objects").join(&split_digest[..2]).join(&split_digest);
-    let split: serde_json::Value = serde_json::from_slice(&std::fs::read(split_path).unwrap()).unwrap();
+    let tree: serde_json::Value =
+        serde_json::from_str(&p.run(&["lineage", "scaler", "--json"]).stdout).unwrap();
+    let fit_tracks: Vec<String> =
+        serde_json::from_value(tree["lineage"]["fit_set"]["tracks"].clone()).unwrap();
+    let split_digest = lock(&p)["stages"]["split"]["outputs"]["split"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let split_path = p
+        .path()
+        .join("artifacts/objects")
+        .join(&split_digest[..2])
+        .join(&split_digest);
+    let split: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(split_path).unwrap()).unwrap();
     let train: Vec<String> = serde_json::from_value(split["train"].clone()).unwrap();
     assert_eq!(fit_tracks, train);
     for other in ["val", "test"] {
         let ids: Vec<String> = serde_json::from_value(split[other].clone()).unwrap();
-        assert!(ids.iter().all(|id| !fit_tracks.contains(id)), "{other} track in the scaler's fit set");
+        assert!(
+            ids.iter().all(|id| !fit_tracks.contains(id)),
+            "{other} track in the scaler's fit set"
+        );
     }
 }
 
@@ -168,11 +237,20 @@ fn bad_dataset_roots_give_clear_errors() {
     let p = Project::new(&format!("dataset:\n  root: nowhere\n{STAGES}"));
     let run = p.run(&["run"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("nowhere does not exist"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("nowhere does not exist"),
+        "{}",
+        run.stderr
+    );
     let empty = Project::new(&format!("dataset:\n  root: data\n{STAGES}"));
     let run = empty.run(&["run"]);
     assert_eq!(run.code, 2);
-    assert!(run.line("ingest").contains("FAILED: stage `ingest` (ingest)"), "{}", run.stdout);
+    assert!(
+        run.line("ingest")
+            .contains("FAILED: stage `ingest` (ingest)"),
+        "{}",
+        run.stdout
+    );
     assert!(run.line("baseline").contains("skipped"), "{}", run.stdout);
 }
 
@@ -183,8 +261,17 @@ fn the_synthetic_default_is_generated_once_and_is_deterministic() {
     let b = Project::new(&config);
     let run = a.run(&["run", "-j", "2"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("generated the synthetic corpus (50 tracks)"), "{}", run.stdout);
-    assert!(run.stdout.contains("train 30, val 10, test 10"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("generated the synthetic corpus (50 tracks)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("train 30, val 10, test 10"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(b.run(&["run", "-j", "1"]).code, 0);
     assert_eq!(a.lock(), b.lock(), "same config, same corpus, same digests");
     let again = a.run(&["run"]);
