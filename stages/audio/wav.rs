@@ -8,10 +8,36 @@ use std::path::Path;
 use super::Interleaved;
 
 pub(super) fn read(path: &Path) -> Result<Interleaved, String> {
-    let file_len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-    let reader = hound::WavReader::open(path).map_err(|e| open_error(&e))?;
+    // One read of the whole file (a GTZAN track is 1.3 MB), then hound parses the header from memory.
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let file_len = bytes.len() as u64;
+    let reader = hound::WavReader::new(std::io::Cursor::new(bytes.as_slice()))
+        .map_err(|e| open_error(&e))?;
     let spec = reader.spec();
     let declared = u64::from(reader.len());
+    let packed_16_bit = block_align(&bytes) == Some(2 * spec.channels);
+    if spec.sample_format == hound::SampleFormat::Int && spec.bits_per_sample == 16 && packed_16_bit
+    {
+        // The common case (every GTZAN file): hound leaves the reader at the first data byte, and reading
+        // the samples in bulk is about 20x faster than hound's sample-by-sample iterator.
+        let start = usize::try_from(reader.into_inner().position()).unwrap_or(usize::MAX);
+        let data = bytes.get(start..).unwrap_or(&[]);
+        let available = (data.len() / 2) as u64;
+        if available < declared {
+            return Err(format!(
+                "truncated WAV: data chunk declares {declared} samples, file ends after {available}"
+            ));
+        }
+        let samples = data[..declared as usize * 2]
+            .chunks_exact(2)
+            .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+            .collect();
+        return Ok(Interleaved {
+            samples,
+            rate: spec.sample_rate,
+            channels: spec.channels,
+        });
+    }
     // The header's sample count is not trusted for allocation: a corrupt header could claim 4 G samples.
     let bytes_per_sample = u64::from(spec.bits_per_sample.div_ceil(8).max(1));
     let capacity = declared.min(file_len / bytes_per_sample);
@@ -42,6 +68,23 @@ pub(super) fn read(path: &Path) -> Result<Interleaved, String> {
         rate: spec.sample_rate,
         channels: spec.channels,
     })
+}
+
+/// The `fmt ` chunk's block align (bytes per frame), read from a header hound has already validated. Tells a
+/// packed 16-bit file from 16 valid bits in a wider container (WAVE_FORMAT_EXTENSIBLE), which hound's public
+/// spec does not.
+fn block_align(bytes: &[u8]) -> Option<u16> {
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().ok()?) as usize;
+        if id == b"fmt " {
+            let field = bytes.get(at + 20..at + 22)?;
+            return Some(u16::from_le_bytes([field[0], field[1]]));
+        }
+        at = at.checked_add(8 + size + size % 2)?;
+    }
+    None
 }
 
 fn open_error(e: &hound::Error) -> String {

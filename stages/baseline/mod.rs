@@ -24,8 +24,9 @@ use crate::stage::{
     read_json, write_canonical_json, Need, StageContext, StageError, StageKind, StageReport,
     TypedStage,
 };
+use crate::stages::common::split_tensors::{open_split, SplitTensor};
 use crate::stages::common::tables::SegmentTable;
-use crate::stages::common::tensors::{Dtype, TensorFile};
+use crate::stages::common::tensors::TensorFile;
 
 #[cfg(test)]
 mod tests;
@@ -270,50 +271,8 @@ fn read_split(
     segments: &SegmentTable,
     split: &str,
 ) -> Result<(SplitData, usize), StageError> {
-    let values = file.tensor(split)?;
-    if values.dtype != Dtype::F32 || values.shape.len() != 3 || values.shape[2] == 0 {
-        return Err(StageError::bad_file(
-            path,
-            format!(
-                "tensor `{split}` must be F32 [segments, n_mels, frames], found {:?} {:?}",
-                values.dtype, values.shape
-            ),
-        ));
-    }
+    let SplitTensor { values, labels } = open_split(file, path, "scaled", segments, split)?;
     let listed: Vec<_> = segments.of_split(split).collect();
-    if values.rows() != listed.len() {
-        return Err(StageError::bad_input(
-            "scaled",
-            format!(
-                "tensor `{split}` has {} rows but the segment table lists {} {split} segments",
-                values.rows(),
-                listed.len()
-            ),
-        ));
-    }
-    let labels_name = format!("{split}_labels");
-    let labels_tensor = file.tensor(&labels_name)?;
-    if labels_tensor.dtype != Dtype::U32 || labels_tensor.shape != [listed.len()] {
-        return Err(StageError::bad_file(
-            path,
-            format!(
-                "tensor `{labels_name}` must be U32 [{}], found {:?} {:?}",
-                listed.len(),
-                labels_tensor.dtype,
-                labels_tensor.shape
-            ),
-        ));
-    }
-    let labels = labels_tensor.to_u32();
-    if let Some((seg, label)) = listed.iter().zip(&labels).find(|(seg, &l)| seg.label != l) {
-        return Err(StageError::bad_input(
-            "scaled",
-            format!(
-                "tensor `{labels_name}` gives segment `{}` label {label}, the segment table {}",
-                seg.id, seg.label
-            ),
-        ));
-    }
     let (n_mels, frames) = (values.shape[1], values.shape[2]);
     let vectors = (0..values.rows())
         .into_par_iter()

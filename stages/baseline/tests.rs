@@ -10,7 +10,7 @@ use rand_chacha::ChaCha20Rng;
 use super::*;
 use crate::stage::{InputArtifact, StageContext};
 use crate::stages::common::tables::{Segment, SPLITS};
-use crate::stages::common::tensors::{TensorSpec, TensorWriter};
+use crate::stages::common::tensors::{Dtype, TensorSpec, TensorWriter};
 
 /// One segment to write: split, track, label and its `n_mels x frames` values (mel-major).
 struct Seg {

@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{Need, StageContext, StageError, StageKind, StageReport, TypedStage};
+use crate::stages::common::split_tensors::{open_split, SplitTensor};
 use crate::stages::common::tables::{SegmentTable, SPLITS};
 use crate::stages::common::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
 
@@ -277,16 +278,7 @@ fn check_features<'a>(
     let mut views = Vec::with_capacity(SPLITS.len());
     let mut dims: Option<(usize, usize)> = None;
     for split in SPLITS {
-        let values = file.tensor(split)?;
-        if values.dtype != Dtype::F32 || values.shape.len() != 3 {
-            return Err(StageError::bad_file(
-                path,
-                format!(
-                    "tensor `{split}` must be F32 [segments, n_mels, frames], found {:?} {:?}",
-                    values.dtype, values.shape
-                ),
-            ));
-        }
+        let SplitTensor { values, labels } = open_split(file, path, "features", segments, split)?;
         let here = (values.shape[1], values.shape[2]);
         if let Some(first) = dims {
             if first != here {
@@ -300,44 +292,6 @@ fn check_features<'a>(
             }
         }
         dims = Some(here);
-        let expected: Vec<&_> = segments.of_split(split).collect();
-        if values.rows() != expected.len() {
-            return Err(StageError::bad_input(
-                "features",
-                format!(
-                    "tensor `{split}` has {} rows but the segment table lists {} {split} segments",
-                    values.rows(),
-                    expected.len()
-                ),
-            ));
-        }
-        let labels_name = format!("{split}_labels");
-        let labels_tensor = file.tensor(&labels_name)?;
-        if labels_tensor.dtype != Dtype::U32 || labels_tensor.shape != [expected.len()] {
-            return Err(StageError::bad_file(
-                path,
-                format!(
-                    "tensor `{labels_name}` must be U32 [{}], found {:?} {:?}",
-                    expected.len(),
-                    labels_tensor.dtype,
-                    labels_tensor.shape
-                ),
-            ));
-        }
-        let labels = labels_tensor.to_u32();
-        if let Some((seg, &label)) = expected
-            .iter()
-            .zip(&labels)
-            .find(|(seg, &label)| seg.label != label)
-        {
-            return Err(StageError::bad_input(
-                "features",
-                format!(
-                    "tensor `{labels_name}` gives segment `{}` label {label}, the segment table {}",
-                    seg.id, seg.label
-                ),
-            ));
-        }
         views.push(SplitView {
             name: split,
             values,
