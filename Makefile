@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/genrelab
 
-.PHONY: reproduce test lint bench verify build clean-artifacts
+.PHONY: reproduce test lint bench verify check-lock build clean-artifacts
 
 build:
 	$(CARGO) build --release
@@ -20,14 +20,19 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --features toy-stages -- -D warnings
 
+## Reproduce the default pipeline and fail if any digest differs from the committed pipeline.lock (CI runs it).
+check-lock: reproduce
+	@git diff --exit-code -- pipeline.lock || { echo "pipeline.lock changed: a stage's outputs differ from the committed ones (or a stage's code changed and the lock was not re-committed)"; exit 1; }
+	@echo "check-lock: every digest matches the committed pipeline.lock"
+
 ## Benchmarks, each printed as a ratio against a baseline measured in the same script.
 bench:
 	bash bench/status.sh
 	bash bench/features.sh
 
-## Re-hash every artifact pipeline.lock names.
+## Re-hash every artifact pipeline.lock names, then re-run every stage in a scratch store and compare digests.
 verify: build
-	$(BIN) verify
+	$(BIN) verify --rerun
 
 clean-artifacts:
 	rm -rf artifacts

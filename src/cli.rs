@@ -73,7 +73,15 @@ pub enum Command {
         json: bool,
     },
     /// Re-hash every artifact pipeline.lock names; exit 1 and name each missing or corrupt one.
-    Verify,
+    Verify {
+        /// Also re-run every stage from scratch in a throw-away store and check each output comes out
+        /// bit-identical to what pipeline.lock records (catches nondeterminism, not just corruption).
+        #[arg(long)]
+        rerun: bool,
+        /// Worker threads for `--rerun` (default: the number of CPUs).
+        #[arg(short = 'j', long, value_name = "N")]
+        jobs: Option<usize>,
+    },
     /// Remove store objects that no pipeline.lock entry reaches (never one it references).
     Gc {
         /// List what would be removed, with sizes, and remove nothing.

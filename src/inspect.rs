@@ -243,6 +243,78 @@ pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineEr
     Ok((checked, problems))
 }
 
+/// Re-run every stage of the pipeline in a scratch store (nothing cached, nothing shared with `artifacts/`)
+/// and compare each output digest with pipeline.lock. Stages whose key no longer matches the lock (the
+/// pipeline or the code changed since it was written) cannot be compared and are reported as such.
+pub fn verify_rerun(
+    project: &Project,
+    pipeline: &crate::config::Pipeline,
+    dag: &crate::dag::Dag,
+    jobs: usize,
+) -> Result<(usize, Vec<VerifyProblem>), EngineError> {
+    let lock = LockFile::load(&project.lock_path)?;
+    let scratch = project
+        .store
+        .root()
+        .join("tmp")
+        .join(format!("verify-rerun-{}", std::process::id()));
+    let scratch_project = Project {
+        dir: project.dir.clone(),
+        lock_path: scratch.join("pipeline.lock"),
+        store: crate::store::Store::open(&scratch.join("artifacts"))?,
+    };
+    let options = crate::engine::RunOptions {
+        until: None,
+        force: Vec::new(),
+        jobs,
+    };
+    let results = crate::engine::run(&scratch_project, pipeline, dag, &options, |_| {});
+    let rerun_lock = LockFile::load(&scratch_project.lock_path);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let results = results?;
+    let rerun_lock = rerun_lock?;
+    let mut problems = Vec::new();
+    for result in results.iter().filter(|r| r.failed()) {
+        problems.push(VerifyProblem {
+            stage: result.name.clone(),
+            artifact: "stage".into(),
+            digest: String::new(),
+            problem: format!("did not re-run: {}", result.line()),
+        });
+    }
+    let mut compared = 0;
+    for (stage, entry) in &lock.stages {
+        let Some(again) = rerun_lock.stages.get(stage) else {
+            continue;
+        };
+        if again.key != entry.key {
+            problems.push(VerifyProblem {
+                stage: stage.clone(),
+                artifact: "key".into(),
+                digest: entry.key.clone(),
+                problem: format!(
+                    "pipeline.lock is out of date (the key is now {}): run `genrelab run` first",
+                    short(&again.key)
+                ),
+            });
+            continue;
+        }
+        for (name, digest) in &entry.outputs {
+            compared += 1;
+            let now = again.outputs.get(name).cloned().unwrap_or_default();
+            if &now != digest {
+                problems.push(VerifyProblem {
+                    stage: stage.clone(),
+                    artifact: format!("output `{name}`"),
+                    digest: digest.clone(),
+                    problem: format!("re-running gives {} instead: not reproducible", short(&now)),
+                });
+            }
+        }
+    }
+    Ok((compared, problems))
+}
+
 pub struct GcReport {
     pub removed: Vec<(Digest, u64)>,
     pub kept: usize,

@@ -109,15 +109,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { until, force, jobs } => {
             prepare_dataset(&pipeline)?;
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            });
-            if jobs == 0 {
-                bail!("-j must be at least 1");
-            }
-            let options = RunOptions { until, force, jobs };
+            let options = RunOptions {
+                until,
+                force,
+                jobs: jobs_or_cpus(jobs)?,
+            };
             let results = engine::run(&project, &pipeline, &dag, &options, |result| {
                 println!("{}", result.line());
                 for line in &result.summary {
@@ -208,17 +204,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify => {
-            let (checked, problems) = inspect::verify(&project)?;
+        Command::Verify { rerun, jobs } => {
+            let (checked, mut problems) = inspect::verify(&project)?;
+            let mut rerun_compared = None;
+            if rerun {
+                prepare_dataset(&pipeline)?;
+                let (compared, more) =
+                    inspect::verify_rerun(&project, &pipeline, &dag, jobs_or_cpus(jobs)?)?;
+                rerun_compared = Some(compared);
+                problems.extend(more);
+            }
             for p in &problems {
                 println!("{p}");
+            }
+            if let Some(compared) = rerun_compared {
+                println!("verify --rerun: re-ran every stage in a scratch store; compared {compared} outputs with pipeline.lock");
             }
             if problems.is_empty() {
                 println!("verify: {checked} artifacts match pipeline.lock");
                 Ok(ExitCode::SUCCESS)
             } else {
                 println!(
-                    "verify: {} of {checked} artifacts are missing or corrupt",
+                    "verify: {} problems ({checked} artifacts re-hashed)",
                     problems.len()
                 );
                 Ok(ExitCode::from(1))
@@ -248,6 +255,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn jobs_or_cpus(jobs: Option<usize>) -> anyhow::Result<usize> {
+    let jobs = jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if jobs == 0 {
+        bail!("-j must be at least 1");
+    }
+    Ok(jobs)
 }
 
 /// Stages of the study's DAG that no registered kind implements yet; `run` says so instead of faking them.

@@ -186,6 +186,43 @@ fn verify_catches_a_flipped_byte_and_names_the_artifact() {
 }
 
 #[test]
+fn verify_rerun_recomputes_every_stage_and_catches_an_output_that_does_not_reproduce() {
+    let p = project();
+    assert_eq!(p.run(&["run"]).code, 0);
+    let ok = p.run(&["verify", "--rerun"]);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stdout.contains("compared 6 outputs with pipeline.lock"),
+        "{}",
+        ok.stdout
+    );
+    // A lock that claims an output the stage does not produce (as a nondeterministic stage would leave).
+    let lock = p.lock();
+    let lock_yaml: serde_yaml::Value = serde_yaml::from_str(&lock).unwrap();
+    let real = lock_yaml["stages"]["src"]["outputs"]["data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fake = "f".repeat(64);
+    std::fs::write(p.path().join("pipeline.lock"), lock.replace(&real, &fake)).unwrap();
+    let bad = p.run(&["verify", "--rerun"]);
+    assert_eq!(bad.code, 1);
+    let expected = format!(
+        "src: output `data` ffffffff: re-running gives {} instead",
+        &real[..8]
+    );
+    assert!(bad.stdout.contains(&expected), "{}", bad.stdout);
+    // The scratch store is gone; the real store is untouched.
+    let tmp: Vec<_> = std::fs::read_dir(p.path().join("artifacts/tmp"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(tmp
+        .iter()
+        .all(|e| !e.file_name().to_string_lossy().starts_with("verify-rerun")));
+}
+
+#[test]
 fn a_cycle_is_printed_as_a_path() {
     let p = project();
     p.write_config(&p.config().replace("inputs: [src]\n", "inputs: [tail]\n"));
