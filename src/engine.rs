@@ -56,6 +56,12 @@ impl Project {
         })
     }
 
+    /// Edit pipeline.lock under the project's lock-file lock.
+    pub fn update_lock(&self, edit: impl FnOnce(&mut LockFile)) -> Result<LockFile, LockError> {
+        let guard = self.store.root().join("locks").join("pipeline.lock.guard");
+        LockFile::update(&self.lock_path, &guard, edit)
+    }
+
     fn stat_cache_path(&self) -> PathBuf {
         self.store.root().join("statcache.json")
     }
@@ -372,7 +378,7 @@ pub fn run(
             files: view.files.len(),
             bytes,
         };
-        LockFile::update(&project.lock_path, |lock| lock.dataset = Some(entry))?;
+        project.update_lock(|lock| lock.dataset = Some(entry))?;
     }
     let lock = LockFile::load(&project.lock_path)?;
     let multi = indicatif::MultiProgress::new();
@@ -532,9 +538,7 @@ pub fn run(
         Ok(())
     })?;
     let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
-    LockFile::update(&project.lock_path, |lock| {
-        lock.stages.retain(|name, _| names.contains(name))
-    })?;
+    project.update_lock(|lock| lock.stages.retain(|name, _| names.contains(name)))?;
     Ok(results)
 }
 
@@ -584,7 +588,7 @@ fn finish(
         outputs: record.outputs.clone(),
         manifest: record.manifest.clone(),
     };
-    LockFile::update(&project.lock_path, |lock| {
+    project.update_lock(|lock| {
         lock.stages.insert(node.name.clone(), entry);
     })?;
     Ok(())

@@ -96,9 +96,14 @@ impl LockFile {
         format!("{HEADER}{body}")
     }
 
-    /// Read-modify-write under an exclusive OS lock, so concurrent runs never lose each other's entries.
-    pub fn update(path: &Path, edit: impl FnOnce(&mut LockFile)) -> Result<LockFile, LockError> {
-        let guard_path = path.with_extension("lock.guard");
+    /// Read-modify-write under an exclusive OS lock on `guard_path` (kept in the store, not beside the
+    /// committed file), so concurrent runs never lose each other's entries.
+    pub fn update(
+        path: &Path,
+        guard_path: &Path,
+        edit: impl FnOnce(&mut LockFile),
+    ) -> Result<LockFile, LockError> {
+        let guard_path = guard_path.to_path_buf();
         let guard = File::options()
             .create(true)
             .truncate(false)
@@ -141,7 +146,7 @@ mod tests {
             outputs: BTreeMap::new(),
             manifest: "m".into(),
         };
-        LockFile::update(&path, |l| {
+        LockFile::update(&path, &dir.path().join("guard"), |l| {
             l.stages.insert("zeta".into(), entry("z"));
             l.stages.insert("alpha".into(), entry("a"));
         })

@@ -53,6 +53,17 @@ fn a_no_op_rerun_runs_nothing_and_status_is_clean() {
     let first = p.run(&["run"]);
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
     assert_eq!(first.ran(), vec!["a", "b", "join", "scan", "src", "tail"]);
+    // Beside pipeline.yaml, a run leaves only what users commit (pipeline.lock) and the store.
+    let mut top: Vec<String> = std::fs::read_dir(p.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        vec!["artifacts", "data", "pipeline.lock", "pipeline.yaml"]
+    );
     assert!(first.line("src").contains("ran (never run)"));
     let lock = p.lock();
     let second = p.run(&["run"]);
