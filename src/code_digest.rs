@@ -1,5 +1,8 @@
 //! The digest of a stage folder's sources. Shared by `build.rs` (which bakes the digests into the binary as
 //! code fingerprints) and the tests, so that what is tested is what is built.
+//!
+//! Test code (`tests.rs`, anything under a `tests/` folder) is left out: editing a stage's tests cannot change
+//! its outputs, and must not re-run it and everything downstream.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,9 +13,12 @@ fn collect(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        let name = entry.file_name();
         if path.is_dir() {
-            collect(&path, base, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
+            if name != "tests" {
+                collect(&path, base, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") && name != "tests.rs" {
             let rel = path.strip_prefix(base).unwrap_or(&path);
             out.push((rel.to_string_lossy().replace('\\', "/"), path));
         }

@@ -133,6 +133,23 @@ pub struct InputArtifact {
     pub digest: String,
 }
 
+/// Inputs for running a stage outside the engine (its unit tests): one file per needed artifact name.
+pub fn local_inputs<'a>(
+    files: impl IntoIterator<Item = (&'a str, PathBuf)>,
+) -> BTreeMap<String, Vec<InputArtifact>> {
+    files
+        .into_iter()
+        .map(|(artifact, path)| {
+            let input = InputArtifact {
+                stage: "local".into(),
+                path,
+                digest: String::new(),
+            };
+            (artifact.to_string(), vec![input])
+        })
+        .collect()
+}
+
 /// Progress reporting for long loops; hidden when stderr is not a terminal.
 pub type Progress = indicatif::ProgressBar;
 

@@ -2,13 +2,12 @@
 //! and proof that the test split's values never reach the output.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
-use crate::stage::{InputArtifact, StageContext};
+use crate::stage::{local_inputs, StageContext};
 use crate::stages::common::tables::{Segment, SPLITS};
 use crate::stages::common::tensors::{Dtype, TensorSpec, TensorWriter};
 
@@ -91,17 +90,7 @@ impl Corpus {
         let segments = dir.path().join("segments");
         self.write_scaled(&scaled);
         write_canonical_json(&segments, &self.table()).unwrap();
-        let artifact = |path: PathBuf| {
-            vec![InputArtifact {
-                stage: "upstream".into(),
-                path,
-                digest: String::new(),
-            }]
-        };
-        let inputs = BTreeMap::from([
-            ("scaled".to_string(), artifact(scaled)),
-            ("segments".to_string(), artifact(segments)),
-        ]);
+        let inputs = local_inputs([("scaled", scaled), ("segments", segments)]);
         let out = dir.path().join("out");
         std::fs::create_dir_all(&out).unwrap();
         let ctx = StageContext::new(

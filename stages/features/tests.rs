@@ -1,12 +1,11 @@
 //! Agreement with librosa 0.11 (numbers from the reference script's output, librosa_reference.txt), params
 //! parsing, and the stage end to end on a tiny corpus written here.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::mel::{hann_periodic, hz_to_mel, mel_frequencies, mel_to_hz};
 use super::*;
-use crate::stage::{write_canonical_json, DatasetView, InputArtifact};
+use crate::stage::{local_inputs, write_canonical_json, DatasetView};
 use crate::stages::common::tables::{Segment, SegmentTable, Track, TrackTable};
 use crate::stages::common::tensors::TensorFile;
 
@@ -802,17 +801,7 @@ fn run_stage(
     write_canonical_json(&segments_path, &corpus.segments).unwrap();
     let out_dir = base.join(out);
     std::fs::create_dir_all(&out_dir).unwrap();
-    let artifact = |stage: &str, path: std::path::PathBuf| {
-        vec![InputArtifact {
-            stage: stage.into(),
-            path,
-            digest: String::new(),
-        }]
-    };
-    let inputs = BTreeMap::from([
-        ("tracks".to_string(), artifact("ingest", tracks_path)),
-        ("segments".to_string(), artifact("slice", segments_path)),
-    ]);
+    let inputs = local_inputs([("tracks", tracks_path), ("segments", segments_path)]);
     let dataset = DatasetView {
         root: base.join("data"),
         files: vec![],

@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
-use crate::stage::{write_canonical_json, InputArtifact, StageContext};
+use crate::stage::{local_inputs, write_canonical_json, StageContext};
 use crate::stages::common::tables::{Segment, SegmentTable};
 
 const MELS: usize = 4;
@@ -111,17 +111,7 @@ impl Fixture {
         write_canonical_json(&segments, &self.listed).unwrap();
         let out_dir = self.dir.path().join(out);
         std::fs::create_dir_all(&out_dir).unwrap();
-        let artifact = |path: PathBuf| {
-            vec![InputArtifact {
-                stage: "upstream".into(),
-                path,
-                digest: String::new(),
-            }]
-        };
-        let inputs = BTreeMap::from([
-            ("features".to_string(), artifact(features)),
-            ("segments".to_string(), artifact(segments)),
-        ]);
+        let inputs = local_inputs([("features", features), ("segments", segments)]);
         let ctx = StageContext::new(
             "scaler",
             [0; 32],

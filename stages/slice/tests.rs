@@ -1,7 +1,5 @@
-use std::collections::BTreeMap;
-
 use super::*;
-use crate::stage::InputArtifact;
+use crate::stage::local_inputs;
 use crate::stages::common::tables::Track;
 
 fn track(id: &str, label: u32, samples: u64) -> Track {
@@ -87,21 +85,11 @@ fn stage_writes_deterministic_table_and_reports() {
     let sp = dir.path().join("split.json");
     write_canonical_json(&tp, &tracks).unwrap();
     write_canonical_json(&sp, &split).unwrap();
-    let input = |path: &std::path::Path| {
-        vec![InputArtifact {
-            stage: "x".into(),
-            path: path.to_path_buf(),
-            digest: "d".into(),
-        }]
-    };
     let mut bytes = Vec::new();
     for threads in [1, 4] {
         let out = dir.path().join(format!("out{threads}"));
         std::fs::create_dir_all(&out).unwrap();
-        let inputs = BTreeMap::from([
-            ("tracks".to_string(), input(&tp)),
-            ("split".to_string(), input(&sp)),
-        ]);
+        let inputs = local_inputs([("tracks", tp.clone()), ("split", sp.clone())]);
         let ctx = StageContext::new(
             "slice",
             [0; 32],

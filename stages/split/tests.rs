@@ -1,8 +1,7 @@
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::stage::{DatasetView, InputArtifact};
+use crate::stage::{local_inputs, DatasetView};
 
 const CLASSES: [&str; 3] = ["blues", "jazz", "rock"];
 
@@ -47,15 +46,7 @@ fn ctx(dir: &Path, tracks: &TrackTable, seed: u8, dataset: Option<DatasetView>) 
     write_canonical_json(&tracks_path, tracks).unwrap();
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let mut inputs = BTreeMap::new();
-    inputs.insert(
-        "tracks".to_string(),
-        vec![InputArtifact {
-            stage: "ingest".into(),
-            path: tracks_path,
-            digest: "d".into(),
-        }],
-    );
+    let inputs = local_inputs([("tracks", tracks_path)]);
     StageContext::new("split", [seed; 32], 1, inputs, dataset, out, vec!["split"])
 }
 
