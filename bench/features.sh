@@ -26,16 +26,11 @@ LIBROSA="${LIBROSA:-1}"
 LIBROSA_BUDGET="${LIBROSA_BUDGET:-300}"
 BENCH_VENV="${BENCH_VENV:-/tmp/genrelab-bench-venv}"
 
-say() { printf '%s\n' "$*" >&2; }
-fail() { say "bench/features.sh: $*"; exit 1; }
+NAME=features.sh
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 
-if [[ -z "${GENRELAB:-}" ]]; then
-    say "building genrelab (release)..."
-    (cd "$REPO" && cargo build --release --features toy-stages --quiet)
-    GENRELAB="${CARGO_TARGET_DIR:-$REPO/target}/release/genrelab"
-fi
-[[ -x "$GENRELAB" ]] || fail "no genrelab binary at $GENRELAB"
-GENRELAB="$(cd "$(dirname "$GENRELAB")" && pwd)/$(basename "$GENRELAB")"
+ensure_genrelab
 
 if [[ ! -x /usr/bin/time ]]; then
     say "installing GNU time (for peak memory)..."

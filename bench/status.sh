@@ -28,17 +28,12 @@ CLASSES=10
 FILE_SIZE=1300000
 TIMECMD=(python3 "$HERE/timecmd.py")
 
-say() { printf '%s\n' "$*" >&2; }
-fail() { say "bench/status.sh: $*"; exit 1; }
+NAME=status.sh
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 
 # --- the binary --------------------------------------------------------------------------------------------
-if [[ -z "${GENRELAB:-}" ]]; then
-    say "building genrelab (release, toy stage kinds)..."
-    (cd "$REPO" && cargo build --release --features toy-stages --quiet)
-    GENRELAB="${CARGO_TARGET_DIR:-$REPO/target}/release/genrelab"
-fi
-[[ -x "$GENRELAB" ]] || fail "no genrelab binary at $GENRELAB"
-GENRELAB="$(cd "$(dirname "$GENRELAB")" && pwd)/$(basename "$GENRELAB")"
+ensure_genrelab
 
 # --- the DAG shape, shared by both tools: "name: input input ..." (dataset = the raw input folder) ----------
 SHAPE="ingest: dataset
