@@ -187,23 +187,24 @@ impl Locator<'_> {
             line = start;
             column = lines[start].find("name:").unwrap_or(0);
             if let Some(key) = key {
+                // The key's own `key:` line, or a name in a list inside the stage (`inputs: [a, b]` or
+                // `- b` items), whichever comes first.
                 for (i, text) in lines
                     .iter()
                     .enumerate()
                     .take(end.min(lines.len()))
                     .skip(start)
                 {
-                    let trimmed = text.trim_start().trim_start_matches('-').trim_start();
-                    let is_key = trimmed
+                    let body = text.trim_start();
+                    let item = body.strip_prefix('-').map(str::trim_start);
+                    let is_key = item
+                        .unwrap_or(body)
                         .strip_prefix(key)
                         .is_some_and(|r| r.trim_start().starts_with(':'));
-                    let mentions = trimmed.contains(key)
-                        && (trimmed.starts_with("inputs")
-                            || trimmed.starts_with("- ")
-                            || text.trim_start().starts_with("- "));
-                    if is_key || (i > start && mentions && !trimmed.starts_with("name:")) {
+                    let in_list = i > start && (item.is_some() || body.starts_with("inputs"));
+                    if let (true, Some(col)) = (is_key || in_list, token_column(text, key)) {
                         line = i;
-                        column = text.find(key).unwrap_or(0);
+                        column = col;
                         break;
                     }
                 }
@@ -216,6 +217,16 @@ impl Locator<'_> {
             message,
         }
     }
+}
+
+/// Byte column of `word` in `text` as a whole name: not inside a longer name such as `data` for `a`.
+fn token_column(text: &str, word: &str) -> Option<usize> {
+    let is_name = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.');
+    text.match_indices(word).map(|(at, _)| at).find(|&at| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(is_name) && !after.is_some_and(is_name)
+    })
 }
 
 #[cfg(test)]
@@ -246,6 +257,14 @@ mod tests {
         );
         assert!(!text.contains(" at line "), "{text}");
         assert!(text.contains("unknown field `colour`"), "{text}");
+    }
+
+    #[test]
+    fn locator_matches_whole_names_not_substrings() {
+        let yaml = YAML.replace("inputs: [a]", "inputs: [data, a]");
+        let p = Pipeline::parse(Path::new("p.yaml"), yaml).unwrap();
+        let e = p.locator().error("b", 0, Some("a"), "bad".into());
+        assert_eq!((e.line, e.column), (10, 20));
     }
 
     #[test]
