@@ -10,15 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use crate::config::Pipeline;
+use crate::config::{ConfigErrors, Pipeline};
 use crate::dag::Dag;
 use crate::hashing::{self, short, Digest, KeyInput, StageKeyInputs, ENGINE_VERSION};
 use crate::lock::{DatasetEntry, LockError, LockFile, StageEntry};
-use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo};
+use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo, ParamFileInfo};
 use crate::rawinput::{hash_dataset, RawInputError, StatCache};
 use crate::reason::{diff, StaleReason};
 use crate::stage::{DatasetView, InputArtifact, StageContext, DATASET};
-use crate::store::{ActionRecord, Store, StoreError};
+use crate::store::{ActionRecord, Lookup, ObjectState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -28,6 +28,8 @@ pub enum EngineError {
     Lock(#[from] LockError),
     #[error(transparent)]
     RawInput(#[from] RawInputError),
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
     #[error("unknown stage `{0}`{1}")]
     UnknownStage(String, String),
     #[error("{0}")]
@@ -62,6 +64,60 @@ impl Project {
         LockFile::update(&self.lock_path, &guard, edit)
     }
 
+    /// Take the project lock: `run` and `gc` hold it exclusively (one writer of the store and the lock file
+    /// at a time, so a gc never deletes what a running plan is about to record, and two runs never
+    /// interleave their lock entries); `verify` shares it. A process that must wait says so, naming the
+    /// holder.
+    pub fn lock(&self, exclusive: bool, what: &str) -> Result<ProjectLock, EngineError> {
+        let locks = self.store.root().join("locks");
+        let path = locks.join("project.lock");
+        let holder_path = locks.join("project.holder");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let attempt = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match attempt {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&holder_path).unwrap_or_default();
+                let holder = holder.trim();
+                eprintln!(
+                    "{what}: waiting for another genrelab process in this project to finish{}",
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({holder})")
+                    }
+                );
+                if exclusive {
+                    file.lock().map_err(io(&path))?;
+                } else {
+                    file.lock_shared().map_err(io(&path))?;
+                }
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e).into()),
+        }
+        if exclusive {
+            // Only for the waiting message: a stale holder file after a kill names a finished process.
+            let _ = std::fs::write(
+                &holder_path,
+                format!("pid {}: genrelab {what}\n", std::process::id()),
+            );
+        }
+        Ok(ProjectLock { _file: file })
+    }
+
     fn stat_cache_path(&self) -> PathBuf {
         self.store.root().join("statcache.json")
     }
@@ -82,6 +138,113 @@ impl Project {
         );
         Ok(view)
     }
+}
+
+/// Held while a process runs, collects or verifies; the kernel releases it when the process ends.
+pub struct ProjectLock {
+    _file: std::fs::File,
+}
+
+/// A file named by a stage's params, read and hashed once per plan.
+#[derive(Debug, Clone)]
+pub struct ResolvedFile {
+    pub param: String,
+    pub written: String,
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+}
+
+/// Files larger than this are refused: a list of track names is kilobytes, and the bytes are kept in memory
+/// and copied into the store.
+const MAX_PARAM_FILE_BYTES: u64 = 16 << 20;
+
+/// Read every file the stages' params name (see [`crate::stage::ParamFile`]): resolved against the dataset
+/// root, confined to the project and dataset folders after resolving links, bounded in size. All problems
+/// are reported together, located at the stage in pipeline.yaml; file contents never appear in a message.
+pub fn resolve_param_files(
+    project: &Project,
+    pipeline: &Pipeline,
+    dag: &Dag,
+) -> Result<Vec<Vec<ResolvedFile>>, EngineError> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    let allowed: Vec<PathBuf> = [canonical(&project.dir), canonical(&pipeline.dataset.root)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut errors = Vec::new();
+    let mut all = Vec::with_capacity(dag.nodes.len());
+    for node in &dag.nodes {
+        let mut files = Vec::new();
+        for declared in node.kind.param_files(&node.params) {
+            let leaf = declared.param.rsplit('.').next().unwrap_or(&declared.param);
+            let mut fail = |why: String| {
+                errors.push(pipeline.locator().error(
+                    &node.name,
+                    0,
+                    Some(leaf),
+                    format!("stage `{}`: params.{}: {why}", node.name, declared.param),
+                ))
+            };
+            let joined = pipeline.dataset.root.join(&declared.path);
+            let Some(real) = canonical(&joined) else {
+                fail(format!(
+                    "{} does not exist (paths are relative to the dataset root {})",
+                    joined.display(),
+                    pipeline.dataset.root_as_written
+                ));
+                continue;
+            };
+            if !allowed.iter().any(|root| real.starts_with(root)) {
+                fail(format!(
+                    "{} is outside the project and dataset folders; copy the file into the project",
+                    declared.path
+                ));
+                continue;
+            }
+            let meta = match std::fs::metadata(&real) {
+                Ok(m) => m,
+                Err(e) => {
+                    fail(format!("{}: {e}", declared.path));
+                    continue;
+                }
+            };
+            if !meta.is_file() {
+                fail(format!("{} is not a regular file", declared.path));
+                continue;
+            }
+            if meta.len() > MAX_PARAM_FILE_BYTES {
+                fail(format!(
+                    "{} is {} bytes; at most {MAX_PARAM_FILE_BYTES} are read",
+                    declared.path,
+                    meta.len()
+                ));
+                continue;
+            }
+            match std::fs::read(&real) {
+                Ok(bytes) => files.push(ResolvedFile {
+                    param: declared.param.clone(),
+                    written: declared.path.clone(),
+                    digest: hashing::digest_bytes(&bytes),
+                    bytes,
+                }),
+                Err(e) => fail(format!("{}: {e}", declared.path)),
+            }
+        }
+        all.push(files);
+    }
+    if errors.is_empty() {
+        Ok(all)
+    } else {
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors).into())
+    }
+}
+
+fn file_digests(files: &[ResolvedFile]) -> BTreeMap<String, Digest> {
+    files
+        .iter()
+        .map(|f| (f.param.clone(), f.digest.clone()))
+        .collect()
 }
 
 /// A stage's state as `status` reports it.
@@ -108,6 +271,7 @@ struct Planned {
     key: Digest,
     code: BTreeMap<String, Digest>,
     inputs: Vec<KeyInput>,
+    files: BTreeMap<String, Digest>,
     seed: [u8; 32],
 }
 
@@ -115,6 +279,7 @@ fn plan_stage(
     dag: &Dag,
     idx: usize,
     upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+    files: &[ResolvedFile],
 ) -> Option<Planned> {
     let node = &dag.nodes[idx];
     let code = hashing::code_dirs(node.kind.code_dirs());
@@ -133,18 +298,21 @@ fn plan_stage(
             artifacts,
         });
     }
+    let files = file_digests(files);
     let key_inputs = StageKeyInputs {
         engine_version: ENGINE_VERSION,
         kind: node.kind.kind(),
         code_fingerprint: &fingerprint,
         params: &node.params,
         inputs: &inputs,
+        files: &files,
     };
     Some(Planned {
         key: key_inputs.key(),
         seed: key_inputs.seed_material(),
         code,
         inputs,
+        files,
     })
 }
 
@@ -159,7 +327,7 @@ fn reasons_against_lock(
         None => vec![StaleReason::NeverRun],
         Some(entry) if entry.key == planned.key => Vec::new(),
         Some(entry) => {
-            let reasons = diff(
+            let mut reasons = diff(
                 entry,
                 ENGINE_VERSION,
                 node.kind.kind(),
@@ -167,6 +335,19 @@ fn reasons_against_lock(
                 &node.params,
                 &planned.inputs,
             );
+            let params: BTreeSet<&String> =
+                entry.files.keys().chain(planned.files.keys()).collect();
+            for param in params {
+                let old = entry.files.get(param).cloned().unwrap_or_default();
+                let new = planned.files.get(param).cloned().unwrap_or_default();
+                if old != new {
+                    reasons.push(StaleReason::FileChanged {
+                        param: param.clone(),
+                        old,
+                        new,
+                    });
+                }
+            }
             if reasons.is_empty() {
                 // Components equal but key differs: only a change in how keys are made can do that.
                 vec![StaleReason::EngineChanged {
@@ -194,6 +375,7 @@ pub fn status(
     dag: &Dag,
 ) -> Result<Vec<StageStatus>, EngineError> {
     let lock = LockFile::load(&project.lock_path)?;
+    let files = resolve_param_files(project, pipeline, dag)?;
     let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
     if dag.uses_dataset() {
         let view = project.hash_dataset(&pipeline.dataset.root)?;
@@ -205,7 +387,7 @@ pub fn status(
     let mut out = Vec::new();
     for &idx in &dag.order {
         let node = &dag.nodes[idx];
-        let Some(planned) = plan_stage(dag, idx, &upstream) else {
+        let Some(planned) = plan_stage(dag, idx, &upstream, &files[idx]) else {
             let stale_input = node
                 .inputs
                 .iter()
@@ -222,18 +404,21 @@ pub fn status(
             });
             continue;
         };
-        let record = project.store.action(&planned.key)?;
         let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
-        let state = match (&record, reasons.is_empty()) {
-            (Some(_), true) => State::UpToDate,
-            (Some(_), false) => State::Cached,
-            (None, _) => {
-                if reasons.is_empty() {
-                    reasons.push(StaleReason::OutputsMissing {
+        let (state, record) = match project.store.lookup(&planned.key)? {
+            Lookup::Hit(record) if reasons.is_empty() => (State::UpToDate, Some(record)),
+            Lookup::Hit(record) => (State::Cached, Some(record)),
+            other => {
+                // What is wrong with the stored result matters more than why the key moved: put it first.
+                let mut why = broken_reasons(&other);
+                if why.is_empty() && reasons.is_empty() {
+                    why.push(StaleReason::OutputsMissing {
                         key: planned.key.clone(),
                     });
                 }
-                State::Stale
+                why.append(&mut reasons);
+                reasons = why;
+                (State::Stale, None)
             }
         };
         let summary = record
@@ -254,6 +439,45 @@ pub fn status(
         });
     }
     Ok(out)
+}
+
+/// Why a stored result cannot be used, one reason per bad object (empty for a plain miss).
+fn broken_reasons(lookup: &Lookup) -> Vec<StaleReason> {
+    match lookup {
+        Lookup::Broken { bad, .. } => bad
+            .iter()
+            .map(|b| StaleReason::OutputBroken {
+                name: if b.name == "manifest" {
+                    "manifest".to_string()
+                } else {
+                    format!("output `{}`", b.name)
+                },
+                digest: b.digest.clone(),
+                corrupt: b.state == ObjectState::Corrupt,
+            })
+            .collect(),
+        Lookup::Unreadable { reason } => vec![StaleReason::RecordUnreadable {
+            reason: reason.clone(),
+        }],
+        Lookup::Hit(_) | Lookup::Miss => Vec::new(),
+    }
+}
+
+/// Move what a broken lookup found corrupt out of the way, so that the stage's re-run publishes good bytes
+/// and nothing reads the bad ones meanwhile.
+fn set_aside(store: &Store, key: &str, lookup: &Lookup) -> Result<(), StoreError> {
+    match lookup {
+        Lookup::Broken { bad, .. } => {
+            for b in bad.iter().filter(|b| b.state == ObjectState::Corrupt) {
+                if let Some(to) = store.quarantine_object(&b.digest)? {
+                    tracing::warn!(digest = %b.digest, to = %to.display(), "corrupt object moved aside");
+                }
+            }
+            Ok(())
+        }
+        Lookup::Unreadable { .. } => store.quarantine_action(key).map(|_| ()),
+        Lookup::Hit(_) | Lookup::Miss => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -336,11 +560,12 @@ enum Slot {
     Broken,
 }
 
-struct Job {
+struct Job<'f> {
     idx: usize,
     planned: Planned,
     reasons: Vec<StaleReason>,
     forced: bool,
+    files: &'f [ResolvedFile],
 }
 
 /// Run every stale stage (of `--until`'s ancestors, when given), calling `report` as each stage ends.
@@ -352,6 +577,8 @@ pub fn run(
     mut report: impl FnMut(&StageResult),
 ) -> Result<Vec<StageResult>, EngineError> {
     let jobs = options.jobs.max(1);
+    let _project_lock = project.lock(true, "run")?;
+    let files = resolve_param_files(project, pipeline, dag)?;
     let selected: BTreeSet<usize> = match &options.until {
         Some(name) => {
             let idx = dag.index(name).ok_or_else(|| unknown_stage(dag, name))?;
@@ -370,6 +597,9 @@ pub fn run(
     } else {
         None
     };
+    // Reasons are told against the lock as it was before this run touched it: recording the new dataset
+    // drops the entries computed from the old one.
+    let lock = LockFile::load(&project.lock_path)?;
     if let Some(view) = &dataset {
         let bytes = view.files.iter().map(|f| f.size).sum();
         let entry = DatasetEntry {
@@ -380,7 +610,6 @@ pub fn run(
         };
         project.update_lock(|lock| lock.dataset = Some(entry))?;
     }
-    let lock = LockFile::load(&project.lock_path)?;
     let multi = indicatif::MultiProgress::new();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
@@ -436,36 +665,41 @@ pub fn run(
                             BTreeMap::from([(DATASET.to_string(), view.digest.clone())]),
                         );
                     }
-                    let Some(planned) = plan_stage(dag, idx, &upstream) else {
+                    let Some(planned) = plan_stage(dag, idx, &upstream, &files[idx]) else {
                         continue;
                     };
                     let forced = options.force.contains(&node.name);
-                    let reasons = reasons_against_lock(&lock, dag, idx, &planned);
-                    if !forced {
-                        if let Some(record) = project.store.action(&planned.key)? {
-                            let summary = load_manifest(&project.store, &record.manifest)
-                                .map(|m| m.summary)
-                                .unwrap_or_default();
-                            finish(project, dag, idx, &planned, &record)?;
-                            let result = StageResult {
-                                name: node.name.clone(),
-                                outcome: Outcome::Cached {
-                                    reasons,
-                                    key: planned.key.clone(),
-                                },
-                                summary,
-                            };
-                            report(&result);
-                            results.push(result);
-                            slots[idx] = Slot::Done(record);
-                            progressed = true;
-                            continue;
-                        }
+                    let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
+                    let lookup = project.store.lookup(&planned.key)?;
+                    if let (Lookup::Hit(record), false) = (&lookup, forced) {
+                        let summary = load_manifest(&project.store, &record.manifest)
+                            .map(|m| m.summary)
+                            .unwrap_or_default();
+                        finish(project, dag, idx, &planned, record)?;
+                        let result = StageResult {
+                            name: node.name.clone(),
+                            outcome: Outcome::Cached {
+                                reasons,
+                                key: planned.key.clone(),
+                            },
+                            summary,
+                        };
+                        report(&result);
+                        results.push(result);
+                        slots[idx] = Slot::Done(record.clone());
+                        progressed = true;
+                        continue;
+                    }
+                    // A stored result that fails its digest is never used: set it aside and recompute.
+                    let mut broken = broken_reasons(&lookup);
+                    if !broken.is_empty() {
+                        set_aside(&project.store, &planned.key, &lookup)?;
+                        broken.append(&mut reasons);
+                        reasons = broken;
                     }
                     if running >= jobs {
                         continue;
                     }
-                    let mut reasons = reasons;
                     if forced {
                         reasons.insert(0, StaleReason::Forced);
                     } else if reasons.is_empty() {
@@ -481,6 +715,7 @@ pub fn run(
                         planned,
                         reasons,
                         forced,
+                        files: &files[idx],
                     };
                     let tx = tx.clone();
                     let (multi, pool, upstream_records) =
@@ -587,6 +822,7 @@ fn finish(
             .collect(),
         outputs: record.outputs.clone(),
         manifest: record.manifest.clone(),
+        files: planned.files.clone(),
     };
     project.update_lock(|lock| {
         lock.stages.insert(node.name.clone(), entry);
@@ -617,8 +853,8 @@ fn execute(
             )
         })
         .map_err(|e| e.to_string())?;
-    let previous = store.action(&planned.key).map_err(|e| e.to_string())?;
-    if let (Some(record), false) = (&previous, job.forced) {
+    let previous = store.lookup(&planned.key).map_err(|e| e.to_string())?;
+    if let (Lookup::Hit(record), false) = (&previous, job.forced) {
         // Another process finished this key while we waited for its lock.
         finish(project, dag, job.idx, planned, record).map_err(|e| e.to_string())?;
         let summary = load_manifest(store, &record.manifest)
@@ -633,6 +869,7 @@ fn execute(
             summary,
         ));
     }
+    set_aside(store, &planned.key, &previous).map_err(|e| e.to_string())?;
 
     let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
     for (artifact, providers) in &node.sources {
@@ -644,6 +881,21 @@ fn execute(
                 .get(provider)
                 .and_then(|r| r.outputs.get(artifact))
                 .ok_or_else(|| format!("input `{artifact}` from `{provider}` is not available"))?;
+            // Checked again right before use: a stage must never compute on bytes its key does not name.
+            match store.object_state(digest).map_err(|e| e.to_string())? {
+                ObjectState::Intact => {}
+                state => {
+                    let moved = store.quarantine_object(digest).map_err(|e| e.to_string())?;
+                    return Err(format!(
+                        "input `{artifact}` from `{provider}` ({}) is {} in the store{}; run again to recompute it",
+                        short(digest),
+                        if state == ObjectState::Missing { "missing" } else { "corrupt" },
+                        moved
+                            .map(|to| format!(" (moved to {})", to.display()))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
             inputs
                 .entry(artifact.clone())
                 .or_default()
@@ -653,6 +905,21 @@ fn execute(
                     digest: digest.clone(),
                 });
         }
+    }
+    // Files named by params reach the stage as stored copies of exactly the bytes that entered the key.
+    let mut param_files = BTreeMap::new();
+    let mut file_infos = BTreeMap::new();
+    for file in job.files {
+        let digest = store.put_bytes(&file.bytes).map_err(|e| e.to_string())?;
+        param_files.insert(file.param.clone(), store.object_path(&digest));
+        file_infos.insert(
+            file.param.clone(),
+            ParamFileInfo {
+                path: file.written.clone(),
+                digest,
+                bytes: file.bytes.len() as u64,
+            },
+        );
     }
     let wants_dataset = node.inputs.iter().any(|i| i == DATASET);
     let outputs: Vec<&'static str> = node.kind.outputs().to_vec();
@@ -669,6 +936,7 @@ fn execute(
         lock.scratch.clone(),
         outputs.clone(),
     )
+    .with_param_files(param_files)
     .with_progress(multi.clone());
 
     let started = Instant::now();
@@ -725,6 +993,7 @@ fn execute(
         params_digest: hashing::params_digest(&node.params),
         inputs: manifest_inputs,
         outputs: published.clone(),
+        files: file_infos,
         lineage: report.lineage,
         summary: report.summary.clone(),
     };
@@ -739,7 +1008,8 @@ fn execute(
             .map(|(k, v)| (k.clone(), v.digest.clone()))
             .collect(),
     };
-    if let Some(old) = previous {
+    // Only an intact earlier result can contradict this one; a broken one was set aside and is replaced.
+    if let Lookup::Hit(old) = previous {
         if old.outputs != record.outputs {
             return Err(format!(
                 "stage `{}` is not deterministic: key {} produced different outputs than before ({}); \

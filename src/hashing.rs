@@ -9,6 +9,7 @@
 //! | code fingerprint              | yes | digest of the kind's own `stages/` folders, taken at build time |
 //! | canonical params              | yes | typed, defaults filled, sorted keys: YAML comments, order, spacing never matter |
 //! | input digests                 | yes | as (input stage, artifact name, digest) in declared order, never as a set |
+//! | files named by params         | yes | (param path, digest of the bytes), e.g. split's `lists:`; left out when a stage names none, so such stages keep their keys |
 //! | stage name                    | no  | renaming a stage must not re-run it; two identical stages share one result |
 //! | absolute paths, mtimes, host, thread count, clock | no | results must not depend on them (tests prove it) |
 //!
@@ -22,6 +23,23 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the meaning of a key or the byte form of an artifact changes.
 pub const ENGINE_VERSION: u32 = 1;
+
+/// A file modified this close to the moment it was hashed may change again within the same timestamp tick
+/// without its stat changing (git's "racy" problem): such a hash is never trusted from its stat alone.
+pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The stat fields that change when a file's content is replaced or written: (size, mtime ns, ctime ns,
+/// inode).
+pub fn stat_key(meta: &std::fs::Metadata) -> (u64, i128, i128, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    (
+        meta.len(),
+        ns(meta.mtime(), meta.mtime_nsec()),
+        ns(meta.ctime(), meta.ctime_nsec()),
+        meta.ino(),
+    )
+}
 
 /// A blake3 digest as 64 lowercase hex characters.
 pub type Digest = String;
@@ -66,6 +84,9 @@ pub struct StageKeyInputs<'a> {
     pub code_fingerprint: &'a str,
     pub params: &'a serde_json::Value,
     pub inputs: &'a [KeyInput],
+    /// Files named by params: dotted param path -> digest of the bytes read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: &'a BTreeMap<String, Digest>,
 }
 
 impl StageKeyInputs<'_> {
@@ -76,13 +97,22 @@ impl StageKeyInputs<'_> {
     }
 
     pub fn seed_material(&self) -> [u8; 32] {
-        seed_material(self.kind, self.params, self.inputs)
+        seed_material(self.kind, self.params, self.inputs, self.files)
     }
 }
 
-pub fn seed_material(kind: &str, params: &serde_json::Value, inputs: &[KeyInput]) -> [u8; 32] {
+pub fn seed_material(
+    kind: &str,
+    params: &serde_json::Value,
+    inputs: &[KeyInput],
+    files: &BTreeMap<String, Digest>,
+) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new_derive_key("genrelab stage seed");
-    hasher.update(&canonical_json(&(kind, params, inputs)));
+    if files.is_empty() {
+        hasher.update(&canonical_json(&(kind, params, inputs)));
+    } else {
+        hasher.update(&canonical_json(&(kind, params, inputs, files)));
+    }
     *hasher.finalize().as_bytes()
 }
 
@@ -121,8 +151,49 @@ mod tests {
             code_fingerprint: "c",
             params: &params,
             inputs,
+            files: &BTreeMap::new(),
         }
         .key()
+    }
+
+    #[test]
+    fn files_named_by_params_enter_the_key_only_when_there_are_some() {
+        let p = serde_json::json!({});
+        let none = BTreeMap::new();
+        let list = |d: &str| BTreeMap::from([("lists.train".to_string(), d.to_string())]);
+        let (a, b) = (list("aa"), list("bb"));
+        let with = |files| StageKeyInputs {
+            engine_version: ENGINE_VERSION,
+            kind: "k",
+            code_fingerprint: "c",
+            params: &p,
+            inputs: &[],
+            files,
+        };
+        // A stage that names no file keeps the key it had before files could enter keys.
+        let before = {
+            #[derive(Serialize)]
+            struct Old<'a> {
+                engine_version: u32,
+                kind: &'a str,
+                code_fingerprint: &'a str,
+                params: &'a serde_json::Value,
+                inputs: &'a [KeyInput],
+            }
+            let mut hasher = blake3::Hasher::new_derive_key("genrelab stage key");
+            hasher.update(&canonical_json(&Old {
+                engine_version: ENGINE_VERSION,
+                kind: "k",
+                code_fingerprint: "c",
+                params: &p,
+                inputs: &[],
+            }));
+            hasher.finalize().to_hex().to_string()
+        };
+        assert_eq!(with(&none).key(), before);
+        assert_ne!(with(&a).key(), with(&none).key());
+        assert_ne!(with(&a).key(), with(&b).key());
+        assert_ne!(with(&a).seed_material(), with(&b).seed_material());
     }
 
     #[test]
@@ -192,12 +263,14 @@ mod tests {
     #[test]
     fn seed_ignores_code_but_key_does_not() {
         let p = serde_json::json!({"x": 1});
+        let no_files = BTreeMap::new();
         let with_code = |code: &'static str| StageKeyInputs {
             engine_version: ENGINE_VERSION,
             kind: "k",
             code_fingerprint: code,
             params: &p,
             inputs: &[],
+            files: &no_files,
         };
         assert_ne!(with_code("a").key(), with_code("b").key());
         assert_eq!(

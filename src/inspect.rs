@@ -196,11 +196,39 @@ impl std::fmt::Display for VerifyProblem {
     }
 }
 
-/// Re-hash every object pipeline.lock names. Returns the number of objects checked and the problems.
+/// Re-hash every object pipeline.lock names, and check that its entries agree with each other. Returns the
+/// number of objects checked and the problems. A missing lock is a problem, not an empty success: there is
+/// nothing to verify against.
 pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineError> {
+    let _shared = project.lock(false, "verify")?;
+    if !project.lock_path.exists() {
+        return Ok((
+            0,
+            vec![VerifyProblem {
+                stage: "pipeline.lock".into(),
+                artifact: "file".into(),
+                digest: String::new(),
+                problem: format!(
+                    "{} is missing: there is nothing to verify against (`genrelab run` writes it)",
+                    project.lock_path.display()
+                ),
+            }],
+        ));
+    }
     let lock = LockFile::load(&project.lock_path)?;
     let mut checked = 0;
     let mut problems = Vec::new();
+    for found in lock.inconsistencies() {
+        problems.push(VerifyProblem {
+            stage: found.stage,
+            artifact: "entry".into(),
+            digest: String::new(),
+            problem: format!(
+                "inconsistent with the lock's other entries: {}",
+                found.reason
+            ),
+        });
+    }
     for (stage, entry) in &lock.stages {
         let objects = entry
             .outputs
@@ -324,6 +352,15 @@ pub struct GcReport {
 /// Remove every object that no lock entry reaches (outputs, manifests, and the manifests those name,
 /// transitively, so lineage stays walkable), then the action records left pointing at nothing.
 pub fn gc(project: &Project, dry_run: bool) -> Result<GcReport, EngineError> {
+    // Exclusive: a run publishes objects before its lock entries name them, so gc must never see that gap.
+    let _exclusive = project.lock(true, "gc")?;
+    if !project.lock_path.exists() {
+        return Err(EngineError::Other(format!(
+            "{} is missing, so nothing tells gc which objects are in use; it removes nothing \
+             (`genrelab run` writes the lock)",
+            project.lock_path.display()
+        )));
+    }
     let lock = LockFile::load(&project.lock_path)?;
     let mut live: BTreeSet<Digest> = BTreeSet::new();
     let mut todo: Vec<Digest> = Vec::new();
@@ -337,6 +374,7 @@ pub fn gc(project: &Project, dry_run: bool) -> Result<GcReport, EngineError> {
         }
         if let Ok(m) = load_manifest(project, &digest) {
             live.extend(m.outputs.values().map(|o| o.digest.clone()));
+            live.extend(m.files.values().map(|f| f.digest.clone()));
             todo.extend(m.inputs.iter().filter_map(|i| i.manifest.clone()));
         }
     }

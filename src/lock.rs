@@ -2,8 +2,13 @@
 //!
 //! Each entry keeps the key's components (code folders' digests, canonical params, input digests), not only
 //! the key, so that `status` and `run` can say *why* a stage is stale in one sentence with old and new
-//! values. The file is rewritten whole, atomically, under an OS lock, after every finished stage: a crash
-//! loses at most the stage that was running.
+//! values. The file is rewritten whole, atomically, under an OS lock, after every stage whose entry changed
+//! (never when nothing did): a crash loses at most the stages that were running.
+//!
+//! The lock always describes one consistent plan: every entry's recorded inputs are the outputs of the
+//! entries it names (and the dataset's digest). An entry that no longer agrees, because an upstream stage
+//! was re-run with other params or the dataset changed, is dropped on every write rather than left to pair
+//! one run's inputs with another run's outputs; `verify` reports any disagreement it finds.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -58,6 +63,16 @@ pub struct StageEntry {
     pub inputs: BTreeMap<String, BTreeMap<String, Digest>>,
     pub outputs: BTreeMap<String, Digest>,
     pub manifest: Digest,
+    /// Files named by params: dotted param path -> digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, Digest>,
+}
+
+/// One way a lock entry disagrees with the entries it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inconsistency {
+    pub stage: String,
+    pub reason: String,
 }
 
 impl Default for LockFile {
@@ -91,6 +106,64 @@ impl LockFile {
         })
     }
 
+    /// Entries whose recorded inputs are not what the lock records for those inputs, sorted by stage.
+    pub fn inconsistencies(&self) -> Vec<Inconsistency> {
+        let mut out = Vec::new();
+        for (stage, entry) in &self.stages {
+            for (input, artifacts) in &entry.inputs {
+                let produced: Option<BTreeMap<String, Digest>> = if input == crate::stage::DATASET {
+                    self.dataset
+                        .as_ref()
+                        .map(|d| BTreeMap::from([(input.clone(), d.digest.clone())]))
+                } else {
+                    self.stages.get(input).map(|e| e.outputs.clone())
+                };
+                let Some(produced) = produced else {
+                    out.push(Inconsistency {
+                        stage: stage.clone(),
+                        reason: format!(
+                            "it records input `{input}`, which the lock has no entry for"
+                        ),
+                    });
+                    continue;
+                };
+                for (artifact, digest) in artifacts {
+                    let now = produced.get(artifact).map(String::as_str).unwrap_or("none");
+                    if now != digest {
+                        out.push(Inconsistency {
+                            stage: stage.clone(),
+                            reason: format!(
+                                "it was computed from `{input}` {artifact} {}, but the lock records {} for it",
+                                crate::hashing::short(digest),
+                                crate::hashing::short(now)
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Drop entries that disagree with their inputs' entries, until every remaining one agrees.
+    pub fn prune_inconsistent(&mut self) -> Vec<String> {
+        let mut dropped = Vec::new();
+        loop {
+            let bad: std::collections::BTreeSet<String> = self
+                .inconsistencies()
+                .into_iter()
+                .map(|i| i.stage)
+                .collect();
+            if bad.is_empty() {
+                return dropped;
+            }
+            for stage in bad {
+                self.stages.remove(&stage);
+                dropped.push(stage);
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let body = serde_yaml::to_string(self).unwrap_or_default();
         format!("{HEADER}{body}")
@@ -117,12 +190,17 @@ impl LockFile {
             path: guard_path.clone(),
             source,
         })?;
-        let mut lock = LockFile::load(path)?;
+        let before = LockFile::load(path)?;
+        let mut lock = before.clone();
         edit(&mut lock);
-        write_atomic(path, lock.render().as_bytes()).map_err(|e| LockError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        lock.prune_inconsistent();
+        // A no-op run must not touch the committed file: no rewrite, no fsync, no mtime change.
+        if lock != before || (!path.exists() && !lock.stages.is_empty()) {
+            write_atomic(path, lock.render().as_bytes()).map_err(|e| LockError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
         Ok(lock)
     }
 }
@@ -145,6 +223,7 @@ mod tests {
             inputs: BTreeMap::new(),
             outputs: BTreeMap::new(),
             manifest: "m".into(),
+            files: BTreeMap::new(),
         };
         LockFile::update(&path, &dir.path().join("guard"), |l| {
             l.stages.insert("zeta".into(), entry("z"));
@@ -156,5 +235,68 @@ mod tests {
         assert!(text.find("a: 2").unwrap() < text.find("b: 1").unwrap());
         let back = LockFile::load(&path).unwrap();
         assert_eq!(back.stages["zeta"].key, "z");
+    }
+
+    fn entry(inputs: &[(&str, &str)], output: &str) -> StageEntry {
+        StageEntry {
+            kind: "toy".into(),
+            key: format!("key-{output}"),
+            engine_version: 1,
+            code: BTreeMap::new(),
+            params: serde_json::json!({}),
+            params_digest: "p".into(),
+            inputs: inputs
+                .iter()
+                .map(|(stage, digest)| {
+                    (
+                        stage.to_string(),
+                        BTreeMap::from([("data".to_string(), digest.to_string())]),
+                    )
+                })
+                .collect(),
+            outputs: BTreeMap::from([("data".to_string(), output.to_string())]),
+            manifest: "m".into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn entries_that_disagree_with_their_inputs_are_found_and_pruned_transitively() {
+        let mut lock = LockFile::default();
+        lock.stages.insert("a".into(), entry(&[], "A1"));
+        lock.stages.insert("b".into(), entry(&[("a", "A0")], "B"));
+        lock.stages.insert("c".into(), entry(&[("b", "B")], "C"));
+        lock.stages.insert("d".into(), entry(&[("a", "A1")], "D"));
+        let found = lock.inconsistencies();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].stage, "b");
+        assert!(
+            found[0].reason.contains("computed from `a` data A0"),
+            "{}",
+            found[0].reason
+        );
+        let mut dropped = lock.prune_inconsistent();
+        dropped.sort();
+        assert_eq!(dropped, ["b", "c"]);
+        assert_eq!(lock.stages.keys().collect::<Vec<_>>(), ["a", "d"]);
+        assert!(lock.inconsistencies().is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_lock_is_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipeline.lock");
+        let guard = dir.path().join("guard");
+        LockFile::update(&path, &guard, |l| {
+            l.stages.insert("a".into(), entry(&[], "A"));
+        })
+        .unwrap();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&path);
+        LockFile::update(&path, &guard, |l| {
+            l.stages.insert("a".into(), entry(&[], "A"));
+        })
+        .unwrap();
+        assert_eq!(inode(&path), before, "a no-op update replaced the file");
     }
 }

@@ -23,6 +23,9 @@ pub struct Manifest {
     /// In declared order.
     pub inputs: Vec<ManifestInput>,
     pub outputs: BTreeMap<String, OutputInfo>,
+    /// Files named by params (dotted param path -> the file as written and the bytes read).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, ParamFileInfo>,
     pub lineage: serde_json::Value,
     pub summary: Vec<String>,
 }
@@ -47,6 +50,14 @@ pub struct DatasetInfo {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputInfo {
+    pub digest: Digest,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamFileInfo {
+    /// As written in pipeline.yaml.
+    pub path: String,
     pub digest: Digest,
     pub bytes: u64,
 }

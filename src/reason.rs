@@ -49,6 +49,22 @@ pub enum StaleReason {
     OutputsMissing {
         key: Digest,
     },
+    /// A file named by a param (split's `lists:`) has other bytes than when the lock was written.
+    FileChanged {
+        param: String,
+        old: Digest,
+        new: Digest,
+    },
+    /// The store's copy of an output (or of the manifest) is missing or fails its digest.
+    OutputBroken {
+        name: String,
+        digest: Digest,
+        corrupt: bool,
+    },
+    /// The action record for the key cannot be read back.
+    RecordUnreadable {
+        reason: String,
+    },
 }
 
 impl fmt::Display for StaleReason {
@@ -100,6 +116,36 @@ impl fmt::Display for StaleReason {
             StaleReason::UpstreamStale { stage } => write!(f, "upstream `{stage}` is stale"),
             StaleReason::OutputsMissing { key } => {
                 write!(f, "outputs of key {} missing from the store", short(key))
+            }
+            StaleReason::FileChanged { param, old, new } => {
+                let show = |d: &str| {
+                    if d.is_empty() {
+                        "none".to_string()
+                    } else {
+                        short(d).to_string()
+                    }
+                };
+                write!(
+                    f,
+                    "file params.{param} changed {} → {}",
+                    show(old),
+                    show(new)
+                )
+            }
+            StaleReason::OutputBroken {
+                name,
+                digest,
+                corrupt: true,
+            } => write!(
+                f,
+                "stored {name} {} is corrupt (moved to artifacts/corrupt/ when run)",
+                short(digest)
+            ),
+            StaleReason::OutputBroken { name, digest, .. } => {
+                write!(f, "stored {name} {} is missing", short(digest))
+            }
+            StaleReason::RecordUnreadable { reason } => {
+                write!(f, "its action record is unreadable ({reason})")
             }
         }
     }
@@ -232,6 +278,7 @@ mod tests {
             )]),
             outputs: BTreeMap::new(),
             manifest: String::new(),
+            files: BTreeMap::new(),
         }
     }
 

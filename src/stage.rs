@@ -150,6 +150,18 @@ pub fn local_inputs<'a>(
         .collect()
 }
 
+/// A file a stage reads because one of its params names it (split's `lists:`). The engine resolves it against
+/// the dataset root, refuses it outside the project and dataset folders, hashes its bytes into the stage's
+/// key, and hands the stage a stored copy of exactly the bytes it hashed ([`StageContext::param_file`]), so
+/// an edit to the file re-runs the stage and the stage can never read other bytes than its key covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamFile {
+    /// Where the path sits in the params, dotted: `lists.train`.
+    pub param: String,
+    /// The path as written in pipeline.yaml.
+    pub path: String,
+}
+
 /// Progress reporting for long loops; hidden when stderr is not a terminal.
 pub type Progress = indicatif::ProgressBar;
 
@@ -162,6 +174,7 @@ pub struct StageContext {
     dataset: Option<DatasetView>,
     out_dir: PathBuf,
     outputs: Vec<&'static str>,
+    files: BTreeMap<String, PathBuf>,
     progress: indicatif::MultiProgress,
 }
 
@@ -184,6 +197,7 @@ impl StageContext {
             dataset,
             out_dir,
             outputs,
+            files: BTreeMap::new(),
             progress: indicatif::MultiProgress::with_draw_target(
                 indicatif::ProgressDrawTarget::hidden(),
             ),
@@ -193,6 +207,21 @@ impl StageContext {
     pub fn with_progress(mut self, progress: indicatif::MultiProgress) -> Self {
         self.progress = progress;
         self
+    }
+
+    /// The files this stage's params name ([`ParamFile`]), by dotted param path.
+    pub fn with_param_files(mut self, files: BTreeMap<String, PathBuf>) -> Self {
+        self.files = files;
+        self
+    }
+
+    /// The bytes the file named by param `param` had when the engine hashed it into this stage's key.
+    pub fn param_file(&self, param: &str) -> Result<&Path, StageError> {
+        self.files.get(param).map(PathBuf::as_path).ok_or_else(|| {
+            StageError::Invalid(format!(
+                "params.{param}: the engine did not provide this file (the stage kind must declare it)"
+            ))
+        })
     }
 
     pub fn stage_name(&self) -> &str {
@@ -276,6 +305,10 @@ pub trait StageKind: Send + Sync {
     fn outputs(&self) -> &'static [&'static str];
     /// `stages/` folders whose sources make up this kind's code fingerprint.
     fn code_dirs(&self) -> &'static [&'static str];
+    /// Files named by the (canonical) params that the stage reads; see [`ParamFile`].
+    fn param_files(&self, _params: &serde_json::Value) -> Vec<ParamFile> {
+        Vec::new()
+    }
     /// Validate params (YAML) and return their canonical JSON form, defaults filled in.
     fn canonical_params(&self, raw: &serde_yaml::Value) -> Result<serde_json::Value, ParamError>;
     /// Run on canonical params (as returned by `canonical_params`).
@@ -348,6 +381,48 @@ where
         let typed: P = serde_json::from_value(params.clone())
             .map_err(|e| StageError::Invalid(format!("params: {e}")))?;
         (self.run)(&typed, ctx)
+    }
+}
+
+/// A [`TypedStage`] whose params name files it reads (see [`ParamFile`]).
+pub struct ReadsFiles<P> {
+    pub stage: TypedStage<P>,
+    pub files: fn(&P) -> Vec<ParamFile>,
+}
+
+impl<P> StageKind for ReadsFiles<P>
+where
+    P: DeserializeOwned + Serialize + Send + Sync + 'static,
+{
+    fn kind(&self) -> &'static str {
+        self.stage.kind()
+    }
+    fn about(&self) -> &'static str {
+        self.stage.about()
+    }
+    fn needs(&self) -> &'static [Need] {
+        self.stage.needs()
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        self.stage.outputs()
+    }
+    fn code_dirs(&self) -> &'static [&'static str] {
+        self.stage.code_dirs()
+    }
+    fn param_files(&self, params: &serde_json::Value) -> Vec<ParamFile> {
+        serde_json::from_value::<P>(params.clone())
+            .map(|typed| (self.files)(&typed))
+            .unwrap_or_default()
+    }
+    fn canonical_params(&self, raw: &serde_yaml::Value) -> Result<serde_json::Value, ParamError> {
+        self.stage.canonical_params(raw)
+    }
+    fn run(
+        &self,
+        params: &serde_json::Value,
+        ctx: &StageContext,
+    ) -> Result<StageReport, StageError> {
+        self.stage.run(params, ctx)
     }
 }
 

@@ -5,6 +5,9 @@
 //!   objects/<2 hex>/<digest>   blobs: stage outputs and manifests, named by their blake3
 //!   actions/<key>.json         action cache: stage key -> manifest and output digests (written last)
 //!   runs/<key>.json            run stats (time, host, threads): never hashed, never in a key
+//!   stamps/<2 hex>/<digest>    when an object was last re-hashed and found intact (its stat then)
+//!   corrupt/<digest>.<n>       objects and records that failed their digest, moved aside for inspection
+//!   locks/project.lock         one run or gc at a time per project; verify shares it
 //!   locks/<key>.lock           one OS advisory lock per stage key
 //!   tmp/<key>/                 scratch space of the process holding that key's lock
 //!   statcache.json             raw-input stat cache
@@ -14,7 +17,16 @@
 //! - a file under `objects/` is complete and its name is its digest (temp file, fsync, rename);
 //! - an `actions/` entry exists only once every object it names does (it is written after them);
 //! - locks are `flock`s: the kernel drops them when a process dies, so no stale lock ever needs a manual
-//!   unlock; leftovers in `tmp/<key>/` are wiped by the next holder of that key's lock.
+//!   unlock; leftovers in `tmp/<key>/` are wiped by the next holder of that key's lock;
+//! - an object that fails its digest is never used and never kept in place of a good one: lookups check it,
+//!   publishing over it replaces it, and it is moved to `corrupt/` so that its stage can be recomputed.
+//!
+//! Checking every object by re-hashing it would make `status` read the whole store. Like git's index, a
+//! stamp remembers the object's (size, mtime, ctime, inode) when it was last hashed intact; while the stat is
+//! unchanged the object is trusted without reading it. A stamp taken within [`RACY_WINDOW`] of the object's
+//! mtime is never trusted, since a write in the same timestamp tick would leave the stat unchanged.
+//! `genrelab verify` always re-hashes in full, which also catches corruption that leaves the stat alone
+//! (media errors).
 //!
 //! The store is a plain struct now; it is the single place to put behind a trait for a shared object-store
 //! cache later.
@@ -25,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hashing::{digest_file, Digest};
+use crate::hashing::{digest_file, stat_key, Digest, RACY_WINDOW};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,6 +49,41 @@ pub enum StoreError {
     },
     #[error("{path}: corrupt record: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+}
+
+/// The state of one stored object, checked against its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectState {
+    Intact,
+    Missing,
+    /// Its bytes no longer hash to its name.
+    Corrupt,
+}
+
+/// One object an action record names that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadObject {
+    /// The output name, or `manifest`.
+    pub name: String,
+    pub digest: Digest,
+    pub state: ObjectState,
+}
+
+/// What the action cache holds for a key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// A record whose manifest and outputs are all present and intact.
+    Hit(ActionRecord),
+    Miss,
+    /// A record naming objects that are missing or corrupt: the stage must run again to restore them.
+    Broken {
+        record: ActionRecord,
+        bad: Vec<BadObject>,
+    },
+    /// The record file itself cannot be parsed (a flipped byte, a truncated write by another tool).
+    Unreadable {
+        reason: String,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -56,6 +103,51 @@ pub struct ActionRecord {
 
 pub struct Store {
     root: PathBuf,
+}
+
+/// An object's stat when it was last hashed intact, and when that was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
+    stamped_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        let (size, mtime_ns, ctime_ns, inode) = stat_key(meta);
+        let stamped_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Stamp {
+            size,
+            mtime_ns,
+            ctime_ns,
+            inode,
+            stamped_ns,
+        }
+    }
+
+    fn trusts(&self, meta: &fs::Metadata) -> bool {
+        let (size, mtime_ns, ctime_ns, inode) = stat_key(meta);
+        let settled =
+            self.stamped_ns - self.mtime_ns.max(self.ctime_ns) >= RACY_WINDOW.as_nanos() as i128;
+        settled
+            && (self.size, self.mtime_ns, self.ctime_ns, self.inode)
+                == (size, mtime_ns, ctime_ns, inode)
+    }
+}
+
+/// Replace `path` with `bytes` (temp file + rename, no fsync): for caches whose loss costs only time.
+fn write_file_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    fs::rename(&tmp, path)
 }
 
 /// Held while a process works on one stage key; dropping it releases the OS lock.
@@ -91,7 +183,7 @@ fn sync_dir(dir: &Path) {
 
 impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        for sub in ["objects", "actions", "runs", "locks", "tmp"] {
+        for sub in ["objects", "actions", "runs", "locks", "tmp", "stamps"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
@@ -117,11 +209,13 @@ impl Store {
     pub fn put_file(&self, src: &Path) -> Result<(Digest, u64), StoreError> {
         let (digest, size) = digest_file(src).map_err(io(src))?;
         let dest = self.object_path(&digest);
-        if dest.is_file() {
+        if dest.is_file() && self.object_state(&digest)? == ObjectState::Intact {
             // Same digest, same bytes: first writer wins.
             fs::remove_file(src).map_err(io(src))?;
             return Ok((digest, size));
         }
+        // Absent, or present but corrupt: a stored object that fails its digest never wins over good bytes.
+        self.quarantine_object(&digest)?;
         File::open(src)
             .and_then(|f| f.sync_all())
             .map_err(io(src))?;
@@ -129,14 +223,17 @@ impl Store {
         fs::create_dir_all(dir).map_err(io(dir))?;
         fs::rename(src, &dest).map_err(io(&dest))?;
         sync_dir(dir);
+        self.stamp(&digest);
         Ok((digest, size))
     }
 
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = crate::hashing::digest_bytes(bytes);
         let dest = self.object_path(&digest);
-        if !dest.is_file() {
+        if !dest.is_file() || self.object_state(&digest)? != ObjectState::Intact {
+            self.quarantine_object(&digest)?;
             write_atomic(&dest, bytes)?;
+            self.stamp(&digest);
         }
         Ok(digest)
     }
@@ -146,36 +243,145 @@ impl Store {
         fs::read(&path).map_err(io(&path))
     }
 
-    /// Re-hash an object; `Ok(false)` when it is missing or its bytes no longer match its name.
+    /// Re-hash an object in full; `Ok(false)` when it is missing or its bytes no longer match its name.
     pub fn check_object(&self, digest: &str) -> Result<bool, StoreError> {
         let path = self.object_path(digest);
         if !path.is_file() {
             return Ok(false);
         }
         let (actual, _) = digest_file(&path).map_err(io(&path))?;
+        if actual == digest {
+            self.stamp(digest);
+        }
         Ok(actual == digest)
+    }
+
+    fn stamp_path(&self, digest: &str) -> PathBuf {
+        let shard = digest.get(..2).unwrap_or("00");
+        self.root.join("stamps").join(shard).join(digest)
+    }
+
+    /// Remember that `digest`'s object was just found intact. Best effort and not fsynced: a lost stamp only
+    /// costs one re-hash.
+    fn stamp(&self, digest: &str) {
+        let path = self.object_path(digest);
+        let Ok(meta) = fs::metadata(&path) else {
+            return;
+        };
+        let stamp = Stamp::of(&meta);
+        if let Ok(bytes) = serde_json::to_vec(&stamp) {
+            let _ = write_file_replacing(&self.stamp_path(digest), &bytes);
+        }
+    }
+
+    /// Whether an object is present and intact: trusted through its stamp while its stat is unchanged,
+    /// re-hashed otherwise.
+    pub fn object_state(&self, digest: &str) -> Result<ObjectState, StoreError> {
+        let path = self.object_path(digest);
+        let meta = match fs::metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Ok(ObjectState::Corrupt),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ObjectState::Missing),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let stamp: Option<Stamp> = fs::read(self.stamp_path(digest))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if stamp.is_some_and(|s| s.trusts(&meta)) {
+            return Ok(ObjectState::Intact);
+        }
+        Ok(if self.check_object(digest)? {
+            ObjectState::Intact
+        } else {
+            ObjectState::Corrupt
+        })
+    }
+
+    /// Move a corrupt object out of `objects/` (kept under `corrupt/` for inspection), so that nothing reads
+    /// it and the stage that made it can publish it again. `None` when there was nothing to move.
+    pub fn quarantine_object(&self, digest: &str) -> Result<Option<PathBuf>, StoreError> {
+        let _ = fs::remove_file(self.stamp_path(digest));
+        self.move_aside(&self.object_path(digest), digest)
+    }
+
+    fn move_aside(&self, path: &Path, name: &str) -> Result<Option<PathBuf>, StoreError> {
+        if fs::symlink_metadata(path).is_err() {
+            return Ok(None);
+        }
+        let dir = self.root.join("corrupt");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // Numbered, so that a second corruption of the same object never overwrites the first exhibit.
+        for n in 0u32.. {
+            let dest = dir.join(format!("{name}.{n}"));
+            if fs::symlink_metadata(&dest).is_ok() {
+                continue;
+            }
+            return match fs::rename(path, &dest) {
+                Ok(()) => Ok(Some(dest)),
+                // Another process moved it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io(path)(e)),
+            };
+        }
+        Ok(None)
     }
 
     fn action_path(&self, key: &str) -> PathBuf {
         self.root.join("actions").join(format!("{key}.json"))
     }
 
-    /// The action record for `key`, only if every object it names is present.
+    /// The action record for `key`, only if every object it names is present and intact.
     pub fn action(&self, key: &str) -> Result<Option<ActionRecord>, StoreError> {
+        Ok(match self.lookup(key)? {
+            Lookup::Hit(record) => Some(record),
+            _ => None,
+        })
+    }
+
+    /// The action cache entry for `key`, with every object it names checked (cheaply, through stamps).
+    pub fn lookup(&self, key: &str) -> Result<Lookup, StoreError> {
         let path = self.action_path(key);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Miss),
             Err(e) => return Err(io(&path)(e)),
         };
-        let record: ActionRecord =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        let complete = self.has_object(&record.manifest)
-            && record.outputs.values().all(|d| self.has_object(d));
-        Ok(complete.then_some(record))
+        let record: ActionRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Lookup::Unreadable {
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if record.key != key {
+            return Ok(Lookup::Unreadable {
+                reason: format!("it records key {} under key {key}", record.key),
+            });
+        }
+        let mut bad = Vec::new();
+        let named = std::iter::once(("manifest", &record.manifest))
+            .chain(record.outputs.iter().map(|(k, v)| (k.as_str(), v)));
+        for (name, digest) in named {
+            let state = self.object_state(digest)?;
+            if state != ObjectState::Intact {
+                bad.push(BadObject {
+                    name: name.to_string(),
+                    digest: digest.clone(),
+                    state,
+                });
+            }
+        }
+        Ok(if bad.is_empty() {
+            Lookup::Hit(record)
+        } else {
+            Lookup::Broken { record, bad }
+        })
+    }
+
+    /// Move an unreadable action record aside (to `corrupt/`), so that the key's next run rewrites it.
+    pub fn quarantine_action(&self, key: &str) -> Result<Option<PathBuf>, StoreError> {
+        self.move_aside(&self.action_path(key), &format!("action-{key}.json"))
     }
 
     pub fn put_action(&self, record: &ActionRecord) -> Result<(), StoreError> {
@@ -265,6 +471,7 @@ impl Store {
     }
 
     pub fn remove_object(&self, digest: &str) -> Result<(), StoreError> {
+        let _ = fs::remove_file(self.stamp_path(digest));
         let path = self.object_path(digest);
         fs::remove_file(&path).map_err(io(&path))
     }

@@ -6,8 +6,11 @@
 //!   anything is drawn, so the split never depends on directory order. Tracks with identical decoded audio
 //!   (equal `audio_digest`) form one unit that is drawn as a whole: a duplicate group always lands in a
 //!   single split.
-//! - `lists`: a fixed split read from three text files under the dataset root (e.g. the fault-filtered GTZAN
-//!   lists); tracks named in no list are excluded and counted.
+//! - `lists`: a fixed split read from three text files (e.g. the fault-filtered GTZAN lists), named
+//!   relative to the dataset root; tracks named in no list are excluded and counted. The engine reads the
+//!   files, confines them to the project and dataset folders and hashes them into this stage's key (see
+//!   `ParamFile`), so editing a list re-runs the split. Error messages quote a list line only when it has
+//!   the shape of a track name, never arbitrary file content.
 //!
 //! Invariants: every output list is sorted; a track is in at most one split; a duplicate group never spans
 //! splits (in `lists` mode a violation is an error, since the lists cannot be silently changed).
@@ -16,15 +19,14 @@
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{
-    read_json, write_canonical_json, Need, StageContext, StageError, StageKind, StageReport,
-    TypedStage,
+    read_json, write_canonical_json, Need, ParamFile, ReadsFiles, StageContext, StageError,
+    StageKind, StageReport, TypedStage,
 };
 use crate::stages::common::tables::{SplitTable, Track, TrackTable, SPLITS};
 
@@ -67,14 +69,35 @@ pub struct ListFiles {
 const NEEDS: &[Need] = &[Need::one("tracks")];
 
 pub fn kind() -> Box<dyn StageKind> {
-    Box::new(TypedStage::<Params> {
-        kind: "split",
-        about: "assign tracks to train/val/test (stratified random, duplicates kept together, or fixed lists)",
-        needs: NEEDS,
-        outputs: &["split"],
-        code_dirs: &["split", "common"],
-        run,
+    Box::new(ReadsFiles {
+        stage: TypedStage::<Params> {
+            kind: "split",
+            about: "assign tracks to train/val/test (stratified random, duplicates kept together, or fixed lists)",
+            needs: NEEDS,
+            outputs: &["split"],
+            code_dirs: &["split", "common"],
+            run,
+        },
+        files: list_files,
     })
+}
+
+/// The three list files, when `lists:` is set.
+fn list_files(params: &Params) -> Vec<ParamFile> {
+    let Some(lists) = &params.lists else {
+        return Vec::new();
+    };
+    [
+        ("train", &lists.train),
+        ("val", &lists.val),
+        ("test", &lists.test),
+    ]
+    .into_iter()
+    .map(|(split, path)| ParamFile {
+        param: format!("lists.{split}"),
+        path: path.clone(),
+    })
+    .collect()
 }
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
@@ -85,10 +108,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
             (split_random(&tracks, params, &mut ctx.rng("split")), 0)
         }
         Some(lists) => {
-            let dataset = ctx.dataset().map_err(|_| {
-                StageError::Invalid("lists mode needs `dataset` among split's inputs".into())
-            })?;
-            let texts = read_lists(&dataset.root, lists)?;
+            let texts = read_lists(ctx, lists)?;
             let table = split_from_lists(&tracks, &texts)?;
             let kept = table.train.len() + table.val.len() + table.test.len();
             (table, tracks.tracks.len() - kept)
@@ -195,14 +215,34 @@ pub fn split_random(tracks: &TrackTable, params: &Params, rng: &mut ChaCha20Rng)
 /// The contents of the three list files, in split order.
 pub type ListTexts = [(String, String); 3];
 
-fn read_lists(root: &Path, lists: &ListFiles) -> Result<ListTexts, StageError> {
-    let read = |rel: &str| {
-        let path = root.join(rel);
-        std::fs::read_to_string(&path)
-            .map(|text| (rel.to_string(), text))
-            .map_err(|e| StageError::io(path, e))
+fn read_lists(ctx: &StageContext, lists: &ListFiles) -> Result<ListTexts, StageError> {
+    let read = |split: &str, written: &str| {
+        let path = ctx.param_file(&format!("lists.{split}"))?;
+        let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            StageError::Invalid(format!("split lists: {written} is not UTF-8 text"))
+        })?;
+        Ok::<_, StageError>((written.to_string(), text))
     };
-    Ok([read(&lists.train)?, read(&lists.val)?, read(&lists.test)?])
+    Ok([
+        read("train", &lists.train)?,
+        read("val", &lists.val)?,
+        read("test", &lists.test)?,
+    ])
+}
+
+/// A list line as an error message may show it: only when it has the shape of a track name, so that a
+/// list path pointing at some other file never prints that file's content.
+fn shown(line: &str) -> &str {
+    let track_like = line.len() <= 120
+        && line
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '\\' | ' '));
+    if track_like {
+        line
+    } else {
+        "(a line that is not a track name)"
+    }
 }
 
 /// An extension is only stripped when it looks like one (letters and digits, starting with a letter), so the
@@ -235,7 +275,8 @@ pub fn split_from_lists(tracks: &TrackTable, texts: &ListTexts) -> Result<SplitT
     let mut twice: Vec<String> = Vec::new();
     let mut out: [Vec<String>; 3] = Default::default();
     for (split, (file, text)) in texts.iter().enumerate() {
-        for line in text.lines() {
+        for (number, line) in text.lines().enumerate() {
+            let at = format!("{file}:{}", number + 1);
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -248,7 +289,7 @@ pub fn split_from_lists(tracks: &TrackTable, texts: &ListTexts) -> Result<SplitT
                 Some(class) if !class.is_empty() => {
                     let id = format!("{class}/{stem}");
                     if !ids.contains(id.as_str()) {
-                        unknown.push(format!("{line} ({file})"));
+                        unknown.push(format!("{} ({at})", shown(line)));
                         continue;
                     }
                     id
@@ -256,11 +297,11 @@ pub fn split_from_lists(tracks: &TrackTable, texts: &ListTexts) -> Result<SplitT
                 _ => match by_stem.get(stem).map(Vec::as_slice) {
                     Some([one]) => one.to_string(),
                     Some(many) if many.len() > 1 => {
-                        ambiguous.push(format!("{line} ({file}: {})", many.join(", ")));
+                        ambiguous.push(format!("{} ({at}: {})", shown(line), many.join(", ")));
                         continue;
                     }
                     _ => {
-                        unknown.push(format!("{line} ({file})"));
+                        unknown.push(format!("{} ({at})", shown(line)));
                         continue;
                     }
                 },

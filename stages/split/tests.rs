@@ -192,7 +192,11 @@ fn run_lists(
         files: vec![],
         digest: "x".into(),
     };
-    let c = ctx(&mkdirs(&dir.path().join("w")), tracks, 1, Some(view));
+    let files = ["train", "val", "test"]
+        .iter()
+        .map(|s| (format!("lists.{s}"), view.root.join(format!("{s}.txt"))))
+        .collect();
+    let c = ctx(&mkdirs(&dir.path().join("w")), tracks, 1, Some(view)).with_param_files(files);
     let report = run(&lists_params(), &c)?;
     let table: SplitTable = read_json(&c.output_path("split").unwrap(), "split").unwrap();
     Ok((table, report))
@@ -232,7 +236,18 @@ fn lists_mode_errors_name_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("2 list line(s) names no known track"), "{err}");
-    assert!(err.contains("blues/blues.00099.wav (train.txt)"), "{err}");
+    assert!(err.contains("blues/blues.00099.wav (train.txt:1)"), "{err}");
+    assert!(err.contains("pop.00001.wav (train.txt:2)"), "{err}");
+
+    // A line that is not shaped like a track name is never echoed: the list could be any file.
+    let err = run_lists(&tracks, ["root:$6$secret:19000:0:99999:7:::\n", "", ""])
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("secret"), "{err}");
+    assert!(
+        err.contains("(a line that is not a track name) (train.txt:1)"),
+        "{err}"
+    );
 
     let err = run_lists(&tracks, ["blues/blues.00001.wav", "blues.00001.au", ""])
         .unwrap_err()
@@ -250,12 +265,23 @@ fn lists_mode_errors_name_the_problem() {
     .to_string();
     assert!(err.contains("identical audio in different splits"), "{err}");
 
-    // Without the dataset among its inputs, lists mode cannot find its files.
+    // The files come from the engine, which reads and hashes them; a context without them is an error.
     let dir = tempfile::tempdir().unwrap();
     let c = ctx(dir.path(), &tracks, 1, None);
     let err = run(&lists_params(), &c).unwrap_err().to_string();
     assert!(
-        err.contains("lists mode needs `dataset` among split's inputs"),
+        err.contains("params.lists.train: the engine did not provide this file"),
         "{err}"
+    );
+    assert_eq!(
+        super::list_files(&lists_params())
+            .iter()
+            .map(|f| (f.param.as_str(), f.path.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("lists.train", "train.txt"),
+            ("lists.val", "val.txt"),
+            ("lists.test", "test.txt")
+        ]
     );
 }
