@@ -348,36 +348,27 @@ fn until_runs_only_a_stage_and_its_ancestors_and_force_reruns_deterministically(
 #[test]
 fn sigkill_mid_stage_leaves_a_consistent_store_and_the_next_run_redoes_only_what_is_missing() {
     let p = project();
-    p.write_config(
-        &p.config()
-            .replace("salt: t\n", "salt: t\n      sleep_ms: 20000\n"),
+    p.write_config(&p.config().replace(
+        "salt: t\n",
+        "salt: t\n      sleep_ms: 20000\n      signal: tail-is-writing\n",
+    ));
+    let child = p.spawn(&["run", "-j", "2"]);
+    // Wait until `tail` itself has written half of its output (it creates its signal file then, and only
+    // then starts sleeping): every other stage has finished by that time. Then kill the run.
+    util::wait_for(
+        "`tail` to be mid-write",
+        Instant::now() + Duration::from_secs(60),
+        || p.path().join("tail-is-writing").is_file(),
     );
-    let mut child = p
-        .command(&["run", "-j", "2"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until `tail` has written half of its output into its scratch folder, then kill the run.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let half_written = loop {
-        let found = std::fs::read_dir(p.path().join("artifacts/tmp"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|d| d.path().join("data").is_file());
-        if found || Instant::now() > deadline {
-            break found;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(half_written, "the slow stage never started");
+    child.kill();
     // The store holds only complete, verifiable artifacts; the lock names the stages that finished.
     let verify = p.run(&["verify"]);
     assert_eq!(verify.code, 0, "{}", verify.stdout);
     assert!(!p.lock().contains("\n  tail:"), "{}", p.lock());
-    p.write_config(&p.config().replace("      sleep_ms: 20000\n", ""));
+    p.write_config(
+        &p.config()
+            .replace("      sleep_ms: 20000\n      signal: tail-is-writing\n", ""),
+    );
     let rerun = p.run(&["run"]);
     assert_eq!(rerun.code, 0, "{}{}", rerun.stdout, rerun.stderr);
     assert_eq!(rerun.ran(), vec!["tail"]);

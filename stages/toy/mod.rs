@@ -27,6 +27,12 @@ pub struct MapParams {
     pub sleep_ms: u64,
     /// Fail instead of producing output.
     pub fail: bool,
+    /// A file to create once half the output is written, just before the pause. Relative paths are
+    /// relative to the working directory (the project folder when run by `genrelab`). Lets a test wait for
+    /// this very stage to be mid-write instead of guessing from scratch files. Left out of the canonical
+    /// params when empty, so pipelines without it keep their keys' params unchanged.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub signal: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -84,6 +90,9 @@ fn map(params: &MapParams, ctx: &StageContext) -> Result<StageReport, StageError
     file.write_all(first.as_bytes())
         .and_then(|()| file.flush())
         .map_err(|e| StageError::io(&path, e))?;
+    if !params.signal.is_empty() {
+        std::fs::File::create(&params.signal).map_err(|e| StageError::io(&params.signal, e))?;
+    }
     std::thread::sleep(Duration::from_millis(params.sleep_ms));
     file.write_all(second.as_bytes())
         .map_err(|e| StageError::io(&path, e))?;
@@ -116,7 +125,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         }),
         Box::new(TypedStage::<MapParams> {
             kind: "toy_map",
-            about: "hashes its inputs with a salt; can sleep mid-write or fail (engine tests)",
+            about: "hashes its inputs with a salt; can sleep mid-write (after creating `signal`) or fail (engine tests)",
             needs: MAP_NEEDS,
             outputs: &["data"],
             code_dirs: &["toy"],

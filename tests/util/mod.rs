@@ -1,9 +1,18 @@
-//! Shared helpers for end-to-end tests: a fresh project folder per test and a way to run the binary in it.
+//! Shared helpers for end-to-end tests: a fresh project folder per test, ways to run the binary in it (to
+//! completion or in the background, always under a deadline), polling for events, and store inspection.
 
 #![allow(dead_code)]
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long one `genrelab` command may take before a test kills it and fails.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+/// How often polling loops look again.
+const POLL: Duration = Duration::from_millis(10);
 
 pub struct Project {
     pub dir: tempfile::TempDir,
@@ -16,14 +25,6 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(output: Output) -> Run {
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
     /// The line `run` printed for `stage`.
     pub fn line(&self, stage: &str) -> &str {
         let prefix = format!("{stage}: ");
@@ -31,6 +32,14 @@ impl Run {
             .lines()
             .find(|l| l.starts_with(&prefix))
             .unwrap_or_else(|| panic!("no line for stage {stage} in:\n{}", self.stdout))
+    }
+
+    /// The line `status` printed for `stage` (the stage name, then spaces, then the key).
+    pub fn status_line(&self, stage: &str) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(stage))
+            .unwrap_or_else(|| panic!("no status line for stage {stage} in:\n{}", self.stdout))
     }
 
     pub fn ran(&self) -> Vec<String> {
@@ -43,11 +52,141 @@ impl Run {
         names.sort();
         names
     }
+
+    /// Everything the command printed, for assertion messages and loose matching.
+    pub fn all(&self) -> String {
+        format!(
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Poll `done` until it holds; panic naming `what` at `deadline`. Background children are killed by their
+/// own guards as the panic unwinds.
+pub fn wait_for(what: &str, deadline: Instant, mut done: impl FnMut() -> bool) {
+    loop {
+        if done() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A `genrelab` process running in the background, its output going to files. Dropping it kills it.
+pub struct Background {
+    label: String,
+    child: Option<Child>,
+    logs: tempfile::TempDir,
+    code: Option<i32>,
+}
+
+impl Background {
+    fn start(mut cmd: Command, label: String) -> Background {
+        let logs = tempfile::tempdir().expect("temp dir for logs");
+        let out = File::create(logs.path().join("stdout")).expect("stdout log");
+        let err = File::create(logs.path().join("stderr")).expect("stderr log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{label}`: {e}"));
+        Background {
+            label,
+            child: Some(child),
+            logs,
+            code: None,
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Whether the process has ended (reaping it if so), without waiting.
+    pub fn exited(&mut self) -> bool {
+        if self.code.is_some() {
+            return true;
+        }
+        let child = self.child.as_mut().expect("a started child");
+        match child.try_wait().expect("try_wait") {
+            Some(status) => {
+                self.code = Some(status.code().unwrap_or(-1));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Wait for the process to end; kill it and panic at `deadline`.
+    pub fn wait(mut self, deadline: Instant) -> Run {
+        let label = self.label.clone();
+        loop {
+            if self.exited() {
+                return self.collect();
+            }
+            if Instant::now() > deadline {
+                self.kill_now();
+                let run = self.collect();
+                panic!("`{label}` did not finish in time; killed it\n{}", run.all());
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// SIGKILL the process (if it still runs) and reap it; returns what it printed.
+    pub fn kill(mut self) -> Run {
+        self.kill_now();
+        self.collect()
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if self.code.is_none() {
+                let _ = child.kill();
+                let status = child.wait().expect("reap killed child");
+                self.code = Some(status.code().unwrap_or(-1));
+            }
+        }
+    }
+
+    fn collect(&mut self) -> Run {
+        let read = |name: &str| {
+            std::fs::read(self.logs.path().join(name))
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        Run {
+            code: self.code.unwrap_or(-1),
+            stdout: read("stdout"),
+            stderr: read("stderr"),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
 }
 
 impl Project {
     pub fn new(pipeline: &str) -> Project {
         let dir = tempfile::tempdir().expect("temp dir");
+        Project::at(dir, pipeline)
+    }
+
+    /// A project in a fresh folder under `parent` (for instance a small file system).
+    pub fn new_in(parent: &Path, pipeline: &str) -> Project {
+        let dir = tempfile::tempdir_in(parent).expect("temp dir");
+        Project::at(dir, pipeline)
+    }
+
+    fn at(dir: tempfile::TempDir, pipeline: &str) -> Project {
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
         let p = Project { dir };
         p.write_config(pipeline);
@@ -66,8 +205,29 @@ impl Project {
         std::fs::read_to_string(self.path().join("pipeline.yaml")).expect("read pipeline.yaml")
     }
 
+    pub fn lock_path(&self) -> PathBuf {
+        self.path().join("pipeline.lock")
+    }
+
     pub fn lock(&self) -> String {
-        std::fs::read_to_string(self.path().join("pipeline.lock")).unwrap_or_default()
+        std::fs::read_to_string(self.lock_path()).unwrap_or_default()
+    }
+
+    /// pipeline.lock parsed (panics if it is not valid YAML).
+    pub fn lock_yaml(&self) -> serde_yaml::Value {
+        serde_yaml::from_str(&self.lock())
+            .unwrap_or_else(|e| panic!("pipeline.lock is not YAML: {e}\n{}", self.lock()))
+    }
+
+    /// One string field of a stage's entry in pipeline.lock, e.g. `("join", &["outputs", "data"])`;
+    /// `None` when the stage (or field) is not there.
+    pub fn lock_field(&self, stage: &str, field: &[&str]) -> Option<String> {
+        let lock: serde_yaml::Value = serde_yaml::from_str(&self.lock()).ok()?;
+        let mut v = lock.get("stages")?.get(stage)?;
+        for f in field {
+            v = v.get(*f)?;
+        }
+        v.as_str().map(str::to_string)
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -78,8 +238,14 @@ impl Project {
         cmd
     }
 
+    /// Run `genrelab ARGS` to completion (killed, and the test failed, after [`COMMAND_LIMIT`]).
     pub fn run(&self, args: &[&str]) -> Run {
-        Run::from(self.command(args).output().expect("run genrelab"))
+        self.spawn(args).wait(Instant::now() + COMMAND_LIMIT)
+    }
+
+    /// Start `genrelab ARGS` in the background.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        Background::start(self.command(args), format!("genrelab {}", args.join(" ")))
     }
 
     pub fn objects(&self) -> Vec<PathBuf> {
@@ -96,5 +262,365 @@ impl Project {
         }
         out.sort();
         out
+    }
+
+    pub fn object_path(&self, digest: &str) -> PathBuf {
+        self.path()
+            .join("artifacts/objects")
+            .join(&digest[..2])
+            .join(digest)
+    }
+
+    pub fn action_path(&self, key: &str) -> PathBuf {
+        self.path()
+            .join("artifacts/actions")
+            .join(format!("{key}.json"))
+    }
+
+    /// Store objects (files named by a 64-hex digest) whose bytes no longer hash to their name, with what
+    /// they hash to. Other files (temp files of an interrupted write) are not objects and are skipped.
+    pub fn objects_failing_their_hash(&self) -> Vec<String> {
+        self.objects()
+            .iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_str()?;
+                if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                let bytes = std::fs::read(path).ok()?;
+                let actual = blake3::hash(&bytes).to_hex().to_string();
+                (actual != name).then(|| format!("{name} hashes to {actual}"))
+            })
+            .collect()
+    }
+
+    /// Action records that do not parse, or that name an object the store does not hold.
+    pub fn broken_action_records(&self) -> Vec<String> {
+        let dir = self.path().join("artifacts/actions");
+        let mut problems = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                problems.push(format!("{name}: not JSON"));
+                continue;
+            };
+            let mut named: Vec<String> = record["outputs"]
+                .as_object()
+                .map(|o| {
+                    o.values()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            named.extend(record["manifest"].as_str().map(str::to_string));
+            for digest in named {
+                if !self.object_path(&digest).is_file() {
+                    problems.push(format!("{name}: names missing object {digest}"));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Every regular file under `rel` (recursively), sorted.
+    pub fn files_under(&self, rel: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.is_file() {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path().join(rel), &mut out);
+        out.sort();
+        out
+    }
+}
+
+/// Flip the lowest bit of the byte at `offset` (clamped into the file); returns the damaged bytes.
+pub fn flip_byte(path: &Path, offset: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert!(!bytes.is_empty(), "{} is empty", path.display());
+    let at = offset.min(bytes.len() - 1);
+    bytes[at] ^= 0x01;
+    std::fs::write(path, &bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    bytes
+}
+
+/// A small tmpfs mounted on a fresh temp folder, unmounted when dropped. Needs root (or CAP_SYS_ADMIN).
+pub struct Tmpfs {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `kib` KiB, or say why it cannot be done.
+    pub fn mount(kib: u64) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot start mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { dir: Some(dir) })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("mounted").path()
+    }
+
+    /// Grow (or shrink) the mounted file system in place, keeping its files.
+    pub fn resize(&self, kib: u64) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={kib}k")])
+            .arg(self.path())
+            .output()
+            .expect("start mount");
+        assert!(
+            out.status.success(),
+            "remount {} to {kib} KiB failed: {}",
+            self.path().display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        let unmounted = Command::new("umount")
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Busy (a killed child still closing files): detach it now, the kernel frees it later.
+            let _ = Command::new("umount").arg("-l").arg(dir.path()).status();
+        }
+        drop(dir);
+    }
+}
+
+/// A toy pipeline (the `toy-stages` kinds), built in code so each test states only how it differs from the
+/// usual one: `src -> a, b -> join -> tail`, where `b` also reads the raw dataset through `scan`.
+#[derive(Clone, Debug)]
+pub struct ToyPipeline {
+    stages: Vec<ToyStage>,
+}
+
+#[derive(Clone, Debug)]
+struct ToyStage {
+    name: String,
+    kind: String,
+    inputs: Vec<String>,
+    params: Vec<(String, String)>,
+}
+
+impl ToyPipeline {
+    pub fn new() -> ToyPipeline {
+        ToyPipeline { stages: Vec::new() }
+            .stage(
+                "src",
+                "toy_source",
+                &[],
+                &[("value", "abc"), ("size", "100")],
+            )
+            .stage("scan", "toy_scan", &["dataset"], &[])
+            .stage("a", "toy_map", &["src"], &[("salt", "a")])
+            .stage("b", "toy_map", &["src", "scan"], &[("salt", "b")])
+            .stage("join", "toy_map", &["a", "b"], &[])
+            .stage("tail", "toy_map", &["join"], &[("salt", "t")])
+    }
+
+    /// Append a stage; params are written as given (`key: value`).
+    pub fn stage(
+        mut self,
+        name: &str,
+        kind: &str,
+        inputs: &[&str],
+        params: &[(&str, &str)],
+    ) -> Self {
+        self.stages.push(ToyStage {
+            name: name.into(),
+            kind: kind.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        });
+        self
+    }
+
+    /// Set (or replace) one param of a stage.
+    pub fn set(mut self, stage: &str, key: &str, value: &str) -> Self {
+        let s = self
+            .stages
+            .iter_mut()
+            .find(|s| s.name == stage)
+            .unwrap_or_else(|| panic!("no stage {stage} in the toy pipeline"));
+        match s.params.iter_mut().find(|(k, _)| k == key) {
+            Some(param) => param.1 = value.into(),
+            None => s.params.push((key.into(), value.into())),
+        }
+        self
+    }
+
+    /// Make a `toy_map` stage pause `ms` mid-write, creating [`signal_file`] first.
+    pub fn slow(self, stage: &str, ms: u64) -> Self {
+        self.set(stage, "sleep_ms", &ms.to_string())
+            .set(stage, "signal", &signal_name(stage))
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("dataset:\n  root: data\nstages:\n");
+        for s in &self.stages {
+            out.push_str(&format!("  - name: {}\n    kind: {}\n", s.name, s.kind));
+            if !s.inputs.is_empty() {
+                out.push_str(&format!("    inputs: [{}]\n", s.inputs.join(", ")));
+            }
+            if !s.params.is_empty() {
+                out.push_str("    params:\n");
+                for (k, v) in &s.params {
+                    out.push_str(&format!("      {k}: {v}\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Default for ToyPipeline {
+    fn default() -> Self {
+        ToyPipeline::new()
+    }
+}
+
+fn signal_name(stage: &str) -> String {
+    format!("{stage}-is-writing")
+}
+
+/// The file a [`ToyPipeline::slow`] stage creates in the project folder once it is mid-write.
+pub fn signal_file(p: &Project, stage: &str) -> PathBuf {
+    p.path().join(signal_name(stage))
+}
+
+impl Project {
+    /// A project on the toy pipeline `toy`, with a one-file dataset.
+    pub fn toy(toy: &ToyPipeline) -> Project {
+        let p = Project::new(&toy.render());
+        p.add_toy_dataset();
+        p
+    }
+
+    /// The one-file dataset toy pipelines read (`data/x/one.bin`).
+    pub fn add_toy_dataset(&self) {
+        std::fs::create_dir_all(self.path().join("data/x")).expect("dataset folder");
+        std::fs::write(self.path().join("data/x/one.bin"), b"one").expect("dataset file");
+    }
+}
+
+/// Where two lock files differ, one line per differing value (`stages.tail.outputs.data: X, expected Y`),
+/// a stage present on one side only in one line: short failure messages instead of two whole files.
+pub fn lock_diff(actual: &str, expected: &str) -> String {
+    fn flatten(
+        prefix: &str,
+        v: &serde_yaml::Value,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        match v {
+            serde_yaml::Value::Mapping(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    let key = k
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{k:?}"));
+                    let path = if prefix.is_empty() {
+                        key
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    flatten(&path, v, out);
+                }
+            }
+            other => {
+                let text = serde_yaml::to_string(other).unwrap_or_default();
+                out.insert(prefix.to_string(), text.trim().to_string());
+            }
+        }
+    }
+    let parse = |text: &str| -> Result<std::collections::BTreeMap<String, String>, String> {
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let mut out = std::collections::BTreeMap::new();
+        flatten("", &value, &mut out);
+        Ok(out)
+    };
+    let (a, e) = match (parse(actual), parse(expected)) {
+        (Ok(a), Ok(e)) => (a, e),
+        (a, e) => {
+            return format!(
+                "  not both YAML (actual: {:?}, expected: {:?})",
+                a.err(),
+                e.err()
+            )
+        }
+    };
+    let stage_of = |path: &str| -> Option<String> {
+        let mut parts = path.splitn(3, '.');
+        (parts.next() == Some("stages")).then(|| parts.next().map(str::to_string))?
+    };
+    let stages =
+        |m: &std::collections::BTreeMap<String, String>| -> std::collections::BTreeSet<String> {
+            m.keys().filter_map(|k| stage_of(k)).collect()
+        };
+    let (sa, se) = (stages(&a), stages(&e));
+    let mut out = Vec::new();
+    for s in sa.difference(&se) {
+        out.push(format!("  stages.{s}: present, expected no entry"));
+    }
+    for s in se.difference(&sa) {
+        out.push(format!("  stages.{s}: no entry, expected one"));
+    }
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(e.keys()).collect();
+    for key in keys {
+        if stage_of(key).is_some_and(|s| !(sa.contains(&s) && se.contains(&s))) {
+            continue;
+        }
+        let (x, y) = (a.get(key), e.get(key));
+        if x != y {
+            out.push(format!(
+                "  {key}: {}, expected {}",
+                x.map_or("<none>", String::as_str),
+                y.map_or("<none>", String::as_str)
+            ));
+        }
+    }
+    if out.is_empty() {
+        out.push("  (same values; the bytes differ in layout or comments)".into());
+    }
+    out.join("\n")
+}
+
+/// Assert two lock files are equal byte for byte, printing only the lines that differ.
+#[track_caller]
+pub fn assert_same_lock(actual: &str, expected: &str, context: &str) {
+    if actual != expected {
+        panic!(
+            "{context}\npipeline.lock differs from the expected one:\n{}",
+            lock_diff(actual, expected)
+        );
     }
 }
