@@ -54,8 +54,33 @@ pub enum Command {
         jobs: Option<usize>,
     },
     /// Show which stages are up to date or stale, and why, without running anything. Exits 1 if any is stale.
+    ///
+    /// Exit status: 0 every stage is up to date; 1 some stage is stale; 2 an error (nothing could be planned).
+    ///
+    /// With --json, stdout is always one JSON object. When the stages can be planned:
+    ///
+    ///   {"state": "up_to_date" | "stale",
+    ///    "dataset": {"root": "<dataset.root as written>", "state": "ready" | "not_generated"},
+    ///    "stages": [{"stage": "<name>", "kind": "<kind>",
+    ///                "state": "up_to_date" | "cached" | "stale",
+    ///                "key": "<hex digest>" | null,
+    ///                "reasons": ["<why it is stale>", ...],
+    ///                "summary": ["<line>", ...]}, ...]}
+    ///
+    /// "cached" means stale against pipeline.lock, with the result already in the store. While the synthetic
+    /// corpus is not generated, "dataset.state" is "not_generated" and every stage is stale with that reason
+    /// and a null key. When nothing can be planned (exit 2):
+    ///
+    ///   {"error": {"kind": "config" | "dataset" | "other",
+    ///              "message": "<the whole error, as printed on stderr>",
+    ///              "errors": [{"file": "<path>", "line": <n> | null, "column": <n> | null,
+    ///                          "message": "<text>"}, ...]}}
+    ///
+    /// "errors" lists each located pipeline.yaml problem for kind "config" (line and column are null for a
+    /// problem with the whole file, such as an unreadable one) and is empty otherwise.
+    #[command(verbatim_doc_comment)]
     Status {
-        /// Machine-readable output.
+        /// Machine-readable output: one JSON object on stdout, even on errors (see above).
         #[arg(long)]
         json: bool,
     },

@@ -8,14 +8,46 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// A located configuration error.
+/// A located configuration error. `line` and `column` are 1-based; both are 0 for an error about the whole
+/// file (it cannot be read), which is printed without a position.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
+#[error("{}", self.render())]
 pub struct ConfigError {
     pub file: PathBuf,
     pub line: usize,
     pub column: usize,
     pub message: String,
+}
+
+impl ConfigError {
+    /// An error about the file as a whole.
+    pub fn whole_file(file: &Path, message: String) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message,
+        }
+    }
+
+    /// Whether the error points at a place in the file.
+    pub fn has_position(&self) -> bool {
+        self.line > 0
+    }
+
+    fn render(&self) -> String {
+        if self.has_position() {
+            format!(
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
+        } else {
+            format!("{}: {}", self.file.display(), self.message)
+        }
+    }
 }
 
 /// Several configuration errors, reported together, sorted by position.
@@ -79,12 +111,10 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn load(path: &Path) -> Result<Pipeline, ConfigErrors> {
         let source = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read: {e}"),
-            }])
+            ConfigErrors(vec![ConfigError::whole_file(
+                path,
+                format!("cannot read: {e}"),
+            )])
         })?;
         Self::parse(path, source)
     }
@@ -219,6 +249,59 @@ impl Locator<'_> {
     }
 }
 
+impl Locator<'_> {
+    /// An error at a key outside the stages, given by its path of block-style keys (`["dataset",
+    /// "synthetic", "seed"]`): at the deepest key of the path that is found, or without a position when not
+    /// even the first one is.
+    pub fn key_error(&self, path: &[&str], message: String) -> ConfigError {
+        let lines: Vec<&str> = self.source.lines().collect();
+        let indent = |text: &str| text.len() - text.trim_start().len();
+        let is_content = |text: &str| {
+            let body = text.trim_start();
+            !body.is_empty() && !body.starts_with('#')
+        };
+        // (line, indent) of the key found so far; the block below it ends at the first content line that is
+        // not indented deeper.
+        let mut found: Option<(usize, usize)> = None;
+        for key in path {
+            let (from, parent_indent) = match found {
+                Some((line, ind)) => (line + 1, Some(ind)),
+                None => (0, None),
+            };
+            let mut hit = None;
+            for (i, text) in lines.iter().enumerate().skip(from) {
+                if !is_content(text) {
+                    continue;
+                }
+                if parent_indent.is_some_and(|p| indent(text) <= p) {
+                    break;
+                }
+                let body = text.trim_start();
+                let is_key = body
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with(':'));
+                if is_key && (parent_indent.is_some() || indent(text) == 0) {
+                    hit = Some((i, indent(text)));
+                    break;
+                }
+            }
+            match hit {
+                Some(h) => found = Some(h),
+                None => break,
+            }
+        }
+        match found {
+            Some((line, column)) => ConfigError {
+                file: self.file.to_path_buf(),
+                line: line + 1,
+                column: column + 1,
+                message,
+            },
+            None => ConfigError::whole_file(self.file, message),
+        }
+    }
+}
+
 /// Byte column of `word` in `text` as a whole name: not inside a longer name such as `data` for `a`.
 fn token_column(text: &str, word: &str) -> Option<usize> {
     let is_name = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.');
@@ -265,6 +348,37 @@ mod tests {
         let p = Pipeline::parse(Path::new("p.yaml"), yaml).unwrap();
         let e = p.locator().error("b", 0, Some("a"), "bad".into());
         assert_eq!((e.line, e.column), (10, 20));
+    }
+
+    #[test]
+    fn whole_file_errors_have_no_position() {
+        let err = Pipeline::load(Path::new("/nonexistent/p.yaml")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("/nonexistent/p.yaml: cannot read: "),
+            "{text}"
+        );
+        assert!(!err.0[0].has_position());
+    }
+
+    #[test]
+    fn locator_finds_keys_of_the_dataset_section() {
+        let yaml = "dataset:\n  root: data\n  # tracks_per_genre: 1\n  synthetic:\n    seed: 7\n    tracks_per_genre: -1\nstages: []\n";
+        let p = Pipeline::parse(Path::new("p.yaml"), yaml.into()).unwrap();
+        let loc = p.locator();
+        let at = |path: &[&str]| {
+            let e = loc.key_error(path, "bad".into());
+            (e.line, e.column)
+        };
+        assert_eq!(at(&["dataset", "synthetic", "tracks_per_genre"]), (6, 5));
+        assert_eq!(at(&["dataset", "synthetic", "seed"]), (5, 5));
+        // An absent key falls back to the section that should hold it.
+        assert_eq!(at(&["dataset", "synthetic", "duplicates"]), (4, 3));
+        assert_eq!(at(&["nowhere"]), (0, 0));
+        assert_eq!(
+            loc.key_error(&["nowhere"], "bad".into()).to_string(),
+            "p.yaml: bad"
+        );
     }
 
     #[test]

@@ -314,7 +314,7 @@ pub enum DagFormat {
 }
 
 /// serde says "unknown field `slat`, expected one of `salt`, `fail`": add the likely fix.
-fn unknown_field_hint(message: &str) -> String {
+pub fn unknown_field_hint(message: &str) -> String {
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return String::new();
     };

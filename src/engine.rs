@@ -16,7 +16,7 @@ use crate::hashing::{self, short, Digest, KeyInput, StageKeyInputs, ENGINE_VERSI
 use crate::lock::{DatasetEntry, LockError, LockFile, StageEntry};
 use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo, ParamFileInfo};
 use crate::rawinput::{hash_dataset, RawInputError, StatCache};
-use crate::reason::{diff, StaleReason};
+use crate::reason::{diff, recorded_input_order, StaleReason};
 use crate::stage::{DatasetView, InputArtifact, StageContext, DATASET};
 use crate::store::{ActionRecord, Lookup, ObjectState, Store, StoreError};
 
@@ -348,14 +348,33 @@ fn reasons_against_lock(
                     });
                 }
             }
-            if reasons.is_empty() {
-                // Components equal but key differs: only a change in how keys are made can do that.
+            if !reasons.is_empty() {
+                reasons
+            } else if entry.engine_version != ENGINE_VERSION {
                 vec![StaleReason::EngineChanged {
                     old: entry.engine_version,
                     new: ENGINE_VERSION,
                 }]
+            } else if let Some(old) = recorded_input_order(
+                entry,
+                node.kind.kind(),
+                &planned.code,
+                &node.params,
+                &planned.inputs,
+                &planned.files,
+            ) {
+                // The lock keeps inputs as a map, so only the key remembers their order.
+                vec![StaleReason::InputsReordered {
+                    old,
+                    new: planned.inputs.iter().map(|i| i.stage.clone()).collect(),
+                }]
             } else {
-                reasons
+                // Same engine, same components in any order, yet another key: the entry no longer agrees
+                // with itself, which only an edit or damage to pipeline.lock can do.
+                vec![StaleReason::LockKeyMismatch {
+                    recorded: entry.key.clone(),
+                    computed: planned.key.clone(),
+                }]
             }
         }
     }

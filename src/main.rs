@@ -9,13 +9,15 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use genrelab::cli::{Cli, Command};
-use genrelab::config::Pipeline;
-use genrelab::dag::Dag;
+use genrelab::config::{ConfigErrors, Pipeline};
+use genrelab::dag::{unknown_field_hint, Dag};
 use genrelab::engine::{self, Project, RunOptions, State};
 use genrelab::hashing::short;
 use genrelab::inspect;
+use genrelab::reason::StaleReason;
 use genrelab::stage::StageKind;
 use genrelab::stages;
+use genrelab::stages::synth::SynthParams;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -36,37 +38,189 @@ fn main() -> ExitCode {
 }
 
 fn load(config: &Path) -> anyhow::Result<Pipeline> {
-    Pipeline::load(config).map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(Pipeline::load(config)?)
 }
 
 fn build<'r>(pipeline: &Pipeline, registry: &'r [Box<dyn StageKind>]) -> anyhow::Result<Dag<'r>> {
-    Dag::build(pipeline, registry).map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(Dag::build(pipeline, registry)?)
+}
+
+/// The typed `dataset.synthetic` section, if any, with errors pointed at the offending key.
+fn synth_params(pipeline: &Pipeline) -> Result<Option<SynthParams>, ConfigErrors> {
+    let Some(raw) = &pipeline.dataset.synthetic else {
+        return Ok(None);
+    };
+    SynthParams::from_yaml(raw).map(Some).map_err(|e| {
+        let section = ["dataset", "synthetic"];
+        let message = match &e.key {
+            Some(key) if e.message.starts_with(&format!("{key}:")) => {
+                format!("dataset.synthetic.{}", e.message)
+            }
+            _ => format!(
+                "dataset.synthetic: {}{}",
+                e.message,
+                unknown_field_hint(&e.message)
+            ),
+        };
+        let at = match &e.key {
+            Some(key) => pipeline
+                .locator()
+                .key_error(&[section[0], section[1], key], message),
+            None => pipeline.locator().key_error(&section, message),
+        };
+        ConfigErrors(vec![at])
+    })
 }
 
 /// Generate the synthetic corpus when pipeline.yaml asks for one and it is not there yet.
 fn prepare_dataset(pipeline: &Pipeline) -> anyhow::Result<()> {
-    let Some(raw) = &pipeline.dataset.synthetic else {
+    let Some(params) = synth_params(pipeline)? else {
         return Ok(());
     };
-    let params: stages::synth::SynthParams = serde_yaml::from_value(raw.clone()).map_err(|e| {
-        let at = pipeline.locator().error("", 0, None, String::new());
-        anyhow::anyhow!("{}: dataset.synthetic: {e}", at.file.display())
-    })?;
-    let outcome =
-        stages::synth::ensure_corpus(&params, &pipeline.dataset.root).with_context(|| {
-            format!(
-                "preparing the synthetic corpus in {}",
-                pipeline.dataset.root.display()
-            )
-        })?;
+    let root = &pipeline.dataset.root;
+    let outcome = stages::synth::ensure_corpus_with(&params, root, || {
+        eprintln!(
+            "dataset: waiting for another genrelab process generating the synthetic corpus in {}",
+            root.display()
+        )
+    })
+    .with_context(|| format!("preparing the synthetic corpus in {}", root.display()))?;
     if outcome.generated {
         println!(
-            "dataset: generated the synthetic corpus ({} tracks) in {}",
-            outcome.tracks,
-            pipeline.dataset.root.display()
+            "dataset: generated the synthetic corpus ({}) in {}",
+            plural(outcome.tracks, "track"),
+            root.display()
         );
     }
     Ok(())
+}
+
+/// "1 track", "20 tracks".
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// `status`: every stage's state, as text or JSON. Exit 0 when all are up to date, 1 when any is stale.
+fn status(config: &Path, registry: &[Box<dyn StageKind>], json: bool) -> anyhow::Result<ExitCode> {
+    let pipeline = load(config)?;
+    let dag = build(&pipeline, registry)?;
+    let synthetic = synth_params(&pipeline)?.is_some();
+    let project = Project::open(config)?;
+    let not_generated = synthetic && !pipeline.dataset.root.exists();
+    let statuses = if not_generated {
+        // No dataset digest, so no key: every stage waits for the corpus.
+        dag.order
+            .iter()
+            .map(|&i| engine::StageStatus {
+                name: dag.nodes[i].name.clone(),
+                kind: dag.nodes[i].kind.kind().into(),
+                state: State::Stale,
+                key: None,
+                reasons: vec![StaleReason::DatasetNotGenerated {
+                    root: pipeline.dataset.root.display().to_string(),
+                }],
+                summary: Vec::new(),
+            })
+            .collect()
+    } else {
+        engine::status(&project, &pipeline, &dag)?
+    };
+    let stale = statuses.iter().any(|s| s.state != State::UpToDate);
+    if json {
+        let rows: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "stage": s.name,
+                    "kind": s.kind,
+                    "state": match s.state { State::UpToDate => "up_to_date", State::Cached => "cached", State::Stale => "stale" },
+                    "key": s.key,
+                    "reasons": s.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "summary": s.summary,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "state": if stale { "stale" } else { "up_to_date" },
+            "dataset": {
+                "root": pipeline.dataset.root_as_written,
+                "state": if not_generated { "not_generated" } else { "ready" },
+            },
+            "stages": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let width = statuses.iter().map(|s| s.name.len()).max().unwrap_or(0);
+        for s in &statuses {
+            let key = s.key.as_deref().map(short).unwrap_or("--------");
+            let (state, why) = match s.state {
+                State::UpToDate => ("up to date", String::new()),
+                State::Cached => (
+                    "stale",
+                    format!(
+                        "{} (result already in the store)",
+                        genrelab::reason::sentence(&s.reasons)
+                    ),
+                ),
+                State::Stale => ("stale", genrelab::reason::sentence(&s.reasons)),
+            };
+            println!("{:<width$}  {key}  {state:<10}  {why}", s.name);
+            for line in &s.summary {
+                println!("{:<width$}    {line}", "");
+            }
+        }
+    }
+    Ok(if stale {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The error object `status --json` prints instead of rows (its shape is documented in `status --help`).
+fn error_json(err: &anyhow::Error) -> serde_json::Value {
+    let config = err.downcast_ref::<ConfigErrors>();
+    let kind = if config.is_some() {
+        "config"
+    } else if err.downcast_ref::<stages::synth::SynthError>().is_some()
+        || matches!(
+            err.downcast_ref::<engine::EngineError>(),
+            Some(engine::EngineError::RawInput(_))
+        )
+    {
+        "dataset"
+    } else {
+        "other"
+    };
+    let errors: Vec<serde_json::Value> = config
+        .map(|c| c.0.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            let (line, column) = if e.has_position() {
+                (Some(e.line), Some(e.column))
+            } else {
+                (None, None)
+            };
+            serde_json::json!({
+                "file": e.file.display().to_string(),
+                "line": line,
+                "column": column,
+                "message": e.message,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "error": {
+            "kind": kind,
+            "message": format!("{err:#}"),
+            "errors": errors,
+        }
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -87,11 +241,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Status { json } = cli.command {
+        return match status(&cli.config, &registry, json) {
+            Err(err) if json => {
+                // Scripts read stdout: it stays JSON even when nothing could be planned.
+                println!("{:#}", error_json(&err));
+                eprintln!("error: {err:#}");
+                Ok(ExitCode::from(2))
+            }
+            other => other,
+        };
+    }
     let pipeline = load(&cli.config)?;
     let dag = build(&pipeline, &registry)?;
+    synth_params(&pipeline)?;
     let project = Project::open(&cli.config)?;
     match cli.command {
-        Command::Kinds => unreachable!("handled above"),
+        Command::Kinds | Command::Status { .. } => unreachable!("handled above"),
         Command::Synth => {
             if pipeline.dataset.synthetic.is_none() {
                 bail!(
@@ -139,58 +305,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(if failed + skipped > 0 {
                 ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Status { json } => {
-            if pipeline.dataset.synthetic.is_some() && !pipeline.dataset.root.exists() {
-                println!(
-                    "dataset: the synthetic corpus is not generated yet in {} (`genrelab run` or `genrelab synth` makes it); every stage is stale",
-                    pipeline.dataset.root.display()
-                );
-                return Ok(ExitCode::from(1));
-            }
-            let statuses = engine::status(&project, &pipeline, &dag)?;
-            if json {
-                let rows: Vec<serde_json::Value> = statuses
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "stage": s.name,
-                            "kind": s.kind,
-                            "state": match s.state { State::UpToDate => "up_to_date", State::Cached => "cached", State::Stale => "stale" },
-                            "key": s.key,
-                            "reasons": s.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                            "summary": s.summary,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                let width = statuses.iter().map(|s| s.name.len()).max().unwrap_or(0);
-                for s in &statuses {
-                    let key = s.key.as_deref().map(short).unwrap_or("--------");
-                    let (state, why) = match s.state {
-                        State::UpToDate => ("up to date", String::new()),
-                        State::Cached => (
-                            "stale",
-                            format!(
-                                "{} (result already in the store)",
-                                genrelab::reason::sentence(&s.reasons)
-                            ),
-                        ),
-                        State::Stale => ("stale", genrelab::reason::sentence(&s.reasons)),
-                    };
-                    println!("{:<width$}  {key}  {state:<10}  {why}", s.name);
-                    for line in &s.summary {
-                        println!("{:<width$}    {line}", "");
-                    }
-                }
-            }
-            let stale = statuses.iter().any(|s| s.state != State::UpToDate);
-            Ok(if stale {
-                ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
             })

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::hashing::{short, Digest, KeyInput};
+use crate::hashing::{code_fingerprint, short, Digest, KeyInput, StageKeyInputs, ENGINE_VERSION};
 use crate::lock::StageEntry;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,11 @@ pub enum StaleReason {
     InputRemoved {
         stage: String,
     },
+    /// Same inputs, listed in another order (which input plays which role is part of the key).
+    InputsReordered {
+        old: Vec<String>,
+        new: Vec<String>,
+    },
     InputChanged {
         stage: String,
         artifact: String,
@@ -64,6 +69,16 @@ pub enum StaleReason {
     /// The action record for the key cannot be read back.
     RecordUnreadable {
         reason: String,
+    },
+    /// The lock entry's components give another key than the one it records: nothing about the stage changed,
+    /// the lock file did (edited by hand, or damaged).
+    LockKeyMismatch {
+        recorded: Digest,
+        computed: Digest,
+    },
+    /// The synthetic corpus the dataset stands for does not exist yet, so no key can be computed.
+    DatasetNotGenerated {
+        root: String,
     },
 }
 
@@ -96,6 +111,12 @@ impl fmt::Display for StaleReason {
             }
             StaleReason::InputAdded { stage } => write!(f, "input `{stage}` added"),
             StaleReason::InputRemoved { stage } => write!(f, "input `{stage}` removed"),
+            StaleReason::InputsReordered { old, new } => write!(
+                f,
+                "inputs reordered [{}] → [{}]",
+                old.join(", "),
+                new.join(", ")
+            ),
             StaleReason::InputChanged {
                 stage,
                 artifact,
@@ -147,6 +168,18 @@ impl fmt::Display for StaleReason {
             StaleReason::RecordUnreadable { reason } => {
                 write!(f, "its action record is unreadable ({reason})")
             }
+            StaleReason::LockKeyMismatch { recorded, computed } => write!(
+                f,
+                "the recorded key {} in pipeline.lock does not match its recorded components \
+                 (hand-edited or corrupt lock); they give {}",
+                short(recorded),
+                short(computed)
+            ),
+            StaleReason::DatasetNotGenerated { root } => write!(
+                f,
+                "the synthetic corpus is not generated yet in {root} (`genrelab run` or `genrelab synth` \
+                 makes it)"
+            ),
         }
     }
 }
@@ -251,6 +284,51 @@ pub fn diff(
     reasons
 }
 
+/// The order of the inputs that gives the entry's recorded key from components equal to `inputs` and the
+/// rest, when an order other than today's does. Tries every order of up to 6 inputs (720 keys at most).
+pub fn recorded_input_order(
+    entry: &StageEntry,
+    kind: &str,
+    code: &BTreeMap<String, Digest>,
+    params: &serde_json::Value,
+    inputs: &[KeyInput],
+    files: &BTreeMap<String, Digest>,
+) -> Option<Vec<String>> {
+    let n = inputs.len();
+    if !(2..=6).contains(&n) {
+        return None;
+    }
+    let fingerprint = code_fingerprint(code);
+    let mut order: Vec<usize> = (0..n).collect();
+    // Heap's algorithm, iterative: visits every other permutation of `order` once.
+    let mut counters = vec![0; n];
+    let mut i = 0;
+    while i < n {
+        if counters[i] < i {
+            order.swap(if i % 2 == 0 { 0 } else { counters[i] }, i);
+            let permuted: Vec<KeyInput> = order.iter().map(|&k| inputs[k].clone()).collect();
+            let key = StageKeyInputs {
+                engine_version: ENGINE_VERSION,
+                kind,
+                code_fingerprint: &fingerprint,
+                params,
+                inputs: &permuted,
+                files,
+            }
+            .key();
+            if key == entry.key {
+                return Some(permuted.into_iter().map(|i| i.stage).collect());
+            }
+            counters[i] += 1;
+            i = 0;
+        } else {
+            counters[i] = 0;
+            i += 1;
+        }
+    }
+    None
+}
+
 /// Reasons joined into the one sentence `run` and `status` print.
 pub fn sentence(reasons: &[StaleReason]) -> String {
     reasons
@@ -301,6 +379,52 @@ mod tests {
             sentence(&reasons),
             "code in stages/features changed aaaaaaaa → bbbbbbbb; params.n_mels changed 128 → 64; \
              input `segments` from `slice` changed 11111111 → 22222222"
+        );
+    }
+
+    #[test]
+    fn a_key_that_its_own_components_do_not_give_is_blamed_on_the_lock() {
+        let reason = StaleReason::LockKeyMismatch {
+            recorded: "00aa11bb22".into(),
+            computed: "4e7570e9ff".into(),
+        };
+        assert_eq!(
+            reason.to_string(),
+            "the recorded key 00aa11bb in pipeline.lock does not match its recorded components \
+             (hand-edited or corrupt lock); they give 4e7570e9"
+        );
+        assert!(!reason.to_string().contains("engine format version"));
+    }
+
+    #[test]
+    fn reordered_inputs_are_told_apart_from_a_hand_edited_key() {
+        let input = |stage: &str| KeyInput {
+            stage: stage.into(),
+            artifacts: BTreeMap::from([("data".to_string(), format!("{stage}{stage}"))]),
+        };
+        let (code, params) = (BTreeMap::new(), serde_json::json!({}));
+        let key_of = |inputs: &[KeyInput]| {
+            StageKeyInputs {
+                engine_version: ENGINE_VERSION,
+                kind: "k",
+                code_fingerprint: &code_fingerprint(&code),
+                params: &params,
+                inputs,
+                files: &BTreeMap::new(),
+            }
+            .key()
+        };
+        let mut e = entry();
+        e.key = key_of(&[input("a"), input("b"), input("c")]);
+        let now = [input("c"), input("a"), input("b")];
+        assert_eq!(
+            recorded_input_order(&e, "k", &code, &params, &now, &BTreeMap::new()),
+            Some(vec!["a".to_string(), "b".into(), "c".into()])
+        );
+        e.key = "00".repeat(32);
+        assert_eq!(
+            recorded_input_order(&e, "k", &code, &params, &now, &BTreeMap::new()),
+            None
         );
     }
 

@@ -355,11 +355,13 @@ where
         } else {
             raw.clone()
         };
-        let typed: P = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let typed: P = serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             let message = if path == "." || inner.starts_with("unknown field") {
                 inner
+            } else if is_enum_shape_error(&inner) {
+                enum_message::<P>(&raw, &path).unwrap_or_else(|| format!("{path}: {inner}"))
             } else {
                 format!("{path}: {inner}")
             };
@@ -441,6 +443,74 @@ fn offending_key(message: &str) -> Option<String> {
     (!leaf.is_empty() && !leaf.contains(' ')).then(|| leaf.to_string())
 }
 
+/// serde_yaml's messages for a value of the wrong shape for an enum (a list, a mapping or a `!tag`), which
+/// describe the deserializer's internals instead of the param.
+fn is_enum_shape_error(message: &str) -> bool {
+    message.contains("expected a Value::Tagged enum")
+        || message.contains("do not support enum input")
+        || message.contains("did not match any variant of untagged enum")
+}
+
+/// "mode: expected `cell` or `band`, got a list `[a]`": the valid values are what serde lists when the
+/// same param is given a name that no variant has, so probe with one.
+fn enum_message<P: DeserializeOwned>(raw: &serde_yaml::Value, path: &str) -> Option<String> {
+    const PROBE: &str = "\u{1}";
+    let mut probe = raw.clone();
+    let mut slot = &mut probe;
+    for part in path.split('.') {
+        slot = slot.as_mapping_mut()?.get_mut(part)?;
+    }
+    let given = std::mem::replace(slot, serde_yaml::Value::String(PROBE.into()));
+    let err = serde_path_to_error::deserialize::<_, P>(probe).err()?;
+    let inner = err.into_inner().to_string();
+    let valid = if let Some(rest) = inner.strip_prefix(&format!("unknown variant `{PROBE}`, ")) {
+        rest.to_string()
+    } else {
+        // A hand-written check ("ref must be `max` or a positive number, got `…`"): keep what it asks for.
+        let asks = inner.split(", got ").next()?;
+        let leaf = path.rsplit('.').next().unwrap_or(path);
+        asks.strip_prefix(leaf)
+            .unwrap_or(asks)
+            .trim_start()
+            .to_string()
+    };
+    Some(format!("{path}: {valid}, got {}", describe(&given)))
+}
+
+/// A YAML value as a user would have written it, in flow style, with what kind of value it is.
+fn describe(value: &serde_yaml::Value) -> String {
+    use serde_yaml::Value;
+    fn flow(value: &Value) -> String {
+        match value {
+            Value::Null => "null".into(),
+            Value::Bool(b) => b.to_string(),
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            Value::Sequence(items) => {
+                format!(
+                    "[{}]",
+                    items.iter().map(flow).collect::<Vec<_>>().join(", ")
+                )
+            }
+            Value::Mapping(map) => format!(
+                "{{{}}}",
+                map.iter()
+                    .map(|(k, v)| format!("{}: {}", flow(k), flow(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Value::Tagged(tagged) => format!("{} {}", tagged.tag, flow(&tagged.value)),
+        }
+    }
+    let what = match value {
+        Value::Tagged(_) => "a tagged value ",
+        Value::Sequence(_) => "a list ",
+        Value::Mapping(_) => "a mapping ",
+        _ => "",
+    };
+    format!("{what}`{}`", flow(value))
+}
+
 /// Write `value` as canonical JSON (sorted keys, no whitespace, shortest round-trip floats): the byte form of
 /// every JSON artifact, so equal content always hashes equal.
 pub fn write_canonical_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StageError> {
@@ -470,6 +540,40 @@ mod tests {
             Some("n_mels".into())
         );
         assert_eq!(offending_key("invalid type: sequence"), None);
+    }
+
+    #[test]
+    fn ill_typed_enum_params_name_the_param_and_list_the_valid_values() {
+        let registry = crate::stages::registry();
+        let kind = |name: &str| {
+            registry
+                .iter()
+                .find(|k| k.kind() == name)
+                .expect("registered kind")
+        };
+        let message = |name: &str, yaml: &str| {
+            let raw: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+            kind(name)
+                .canonical_params(&raw)
+                .expect_err("ill-typed")
+                .message
+        };
+        assert_eq!(
+            message("scaler", "mode: [a]"),
+            "mode: expected `cell` or `band`, got a list `[a]`"
+        );
+        assert_eq!(
+            message("scaler", "mode: {a: 1}"),
+            "mode: expected `cell` or `band`, got a mapping `{a: 1}`"
+        );
+        assert_eq!(
+            message("features", "ref: !foo 1"),
+            "ref: must be `max` or a positive number, got a tagged value `!foo 1`"
+        );
+        assert_eq!(
+            message("features", "pad_mode: [x, 2]"),
+            "pad_mode: expected `constant` or `reflect`, got a list `[x, 2]`"
+        );
     }
 
     #[test]

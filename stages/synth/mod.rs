@@ -11,8 +11,9 @@
 //!   stream derived from (seed, genre, index), and tracks render in parallel into their own files, so the
 //!   thread count never changes a byte.
 //! - [`ensure_corpus`] never deletes or overwrites a folder it did not create, and a killed run never leaves
-//!   a folder that looks complete: the corpus is built in a sibling temp folder, the marker file is written
-//!   last, and the folder is renamed into place.
+//!   a folder that looks complete: the corpus is built under a lock in a temp folder of the generating
+//!   process, checked, fsynced, listed (name, size, blake3) in the marker written last, and renamed into
+//!   place. Re-use checks the files' names and sizes against the marker.
 //!
 //! How hard the task is, measured with `bench/synth-tuning/tune.py` (30 tracks per genre, 128x128 log-mel
 //! of 65488-sample segments, ref=max, top_db 80, per-cell standardised; mean +- std over five stratified
@@ -33,6 +34,7 @@ pub mod music;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
@@ -40,16 +42,22 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::stage::ParamError;
+
 pub use music::GENRES;
 
 /// Bumped whenever the generator's output bytes change, so an old corpus is never mistaken for a new one.
 pub const GENERATOR_VERSION: u32 = 1;
 
-/// The marker file that says a folder holds a complete corpus, and with which params.
+/// The marker file that says a folder holds a complete corpus: with which params, and every file's size and
+/// blake3 digest (canonical JSON).
 pub const MARKER: &str = ".genrelab-synth.json";
 
 /// Sample rate of every track (GTZAN's).
 pub const SAMPLE_RATE: u32 = 22050;
+
+/// Largest accepted `tracks_per_genre`: 100 times GTZAN, about 130 GB of audio.
+pub const MAX_TRACKS_PER_GENRE: u32 = 10_000;
 
 /// What the corpus looks like.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +84,70 @@ impl Default for SynthParams {
     }
 }
 
+impl SynthParams {
+    /// Typed params from the `dataset.synthetic` section, bounds checked. The error names the offending key
+    /// (so the caller can point at its line) and starts with it, except for unknown keys, whose serde message
+    /// already names them.
+    pub fn from_yaml(raw: &serde_yaml::Value) -> Result<SynthParams, ParamError> {
+        let raw = if raw.is_null() {
+            serde_yaml::Value::Mapping(Default::default())
+        } else {
+            raw.clone()
+        };
+        let params: SynthParams = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if let Some(field) = inner
+                .strip_prefix("unknown field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                ParamError {
+                    key: Some(field.to_string()),
+                    message: inner.clone(),
+                }
+            } else if path == "." {
+                ParamError {
+                    key: None,
+                    message: inner,
+                }
+            } else {
+                ParamError {
+                    key: Some(path.clone()),
+                    message: format!("{path}: {inner}"),
+                }
+            }
+        })?;
+        params.check()?;
+        Ok(params)
+    }
+
+    /// The bounds `plan` relies on.
+    fn check(&self) -> Result<(), ParamError> {
+        let per = self.tracks_per_genre;
+        if !(1..=MAX_TRACKS_PER_GENRE).contains(&per) {
+            return Err(ParamError {
+                key: Some("tracks_per_genre".into()),
+                message: format!(
+                    "tracks_per_genre: must be from 1 to {MAX_TRACKS_PER_GENRE}, got {per}"
+                ),
+            });
+        }
+        let total = per as usize * GENRES.len();
+        // Each copy needs a source of its own that is not itself a copy.
+        if self.duplicates as usize * 2 > total {
+            return Err(ParamError {
+                key: Some("duplicates".into()),
+                message: format!(
+                    "duplicates: must be at most half of the {total} tracks (each copy needs its own \
+                     source), got {}",
+                    self.duplicates
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
     #[error("{path}: {source}")]
@@ -99,6 +171,20 @@ pub enum SynthError {
         found: String,
         wanted: String,
     },
+    #[error(
+        "{root} no longer matches the file list in its {MARKER} ({}); remove the folder and genrelab will \
+         generate it again",
+        listing_problems(.missing, .extra, .resized)
+    )]
+    Altered {
+        root: PathBuf,
+        missing: Vec<String>,
+        extra: Vec<String>,
+        /// (path, size in the marker, size on disk)
+        resized: Vec<(String, u64, u64)>,
+    },
+    #[error("{root}: generated corpus failed its own check: {reason}")]
+    Unverified { root: PathBuf, reason: String },
     #[error("synth params: {0}")]
     Params(String),
 }
@@ -112,6 +198,38 @@ impl SynthError {
     }
 }
 
+/// "missing: a, b; extra: c; resized: d (10 → 12 bytes)", each list cut after a few names.
+fn listing_problems(
+    missing: &[String],
+    extra: &[String],
+    resized: &[(String, u64, u64)],
+) -> String {
+    const SHOWN: usize = 5;
+    fn names(items: Vec<String>) -> String {
+        let more = items.len().saturating_sub(SHOWN);
+        let mut text = items.into_iter().take(SHOWN).collect::<Vec<_>>().join(", ");
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        text
+    }
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing: {}", names(missing.to_vec())));
+    }
+    if !extra.is_empty() {
+        parts.push(format!("extra: {}", names(extra.to_vec())));
+    }
+    if !resized.is_empty() {
+        let items = resized
+            .iter()
+            .map(|(path, old, new)| format!("{path} ({old} → {new} bytes)"))
+            .collect();
+        parts.push(format!("resized: {}", names(items)));
+    }
+    parts.join("; ")
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthOutcome {
     /// `false` when the corpus was already there.
@@ -119,64 +237,276 @@ pub struct SynthOutcome {
     pub tracks: usize,
 }
 
-/// The marker's content: everything the corpus bytes depend on.
-fn marker_value(params: &SynthParams) -> serde_json::Value {
-    serde_json::json!({ "generator_version": GENERATOR_VERSION, "params": params })
+/// Size and content digest of one corpus file, as the marker records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileEntry {
+    size: u64,
+    blake3: String,
 }
 
-/// Make sure `root` holds exactly the corpus these params describe. If `root/.genrelab-synth.json` exists and
-/// records the same canonical params (and the generator version), do nothing (generated = false). If root does
-/// not exist, generate into a sibling temp dir, then rename into place (a killed run never leaves a half
-/// corpus that looks done). If root exists without a marker (not ours) or with different params, return an
-/// error telling the user to remove it or point dataset.root elsewhere (never delete user data).
+/// The marker's content: what the corpus bytes depend on, and what they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Marker {
+    generator_version: u32,
+    params: SynthParams,
+    /// Relative `/`-separated path -> entry; absent in markers written before file lists were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<BTreeMap<String, FileEntry>>,
+}
+
+/// Make sure `root` holds exactly the corpus these params describe; see [`ensure_corpus_with`].
 pub fn ensure_corpus(params: &SynthParams, root: &Path) -> Result<SynthOutcome, SynthError> {
+    ensure_corpus_with(params, root, || {})
+}
+
+/// Make sure `root` holds exactly the corpus these params describe.
+///
+/// An existing `root` is accepted when its marker records these params (and the generator version) and
+/// its files still have the names and sizes the marker lists (a stat per file, no hashing); otherwise the
+/// error says what differs and never touches the folder. A missing `root` is generated under an OS lock on
+/// `.<root name>.genrelab-synth.lock` beside it: a process that finds the lock taken calls `on_wait`, waits,
+/// and then finds the finished corpus. The holder removes temp folders of killed generators, renders into a
+/// temp folder of its own, checks and fsyncs it, writes the marker, and renames it into place, so `root`
+/// only ever appears complete.
+pub fn ensure_corpus_with(
+    params: &SynthParams,
+    root: &Path,
+    on_wait: impl FnOnce(),
+) -> Result<SynthOutcome, SynthError> {
     let plan = plan(params)?;
-    let wanted = marker_value(params);
-    if root.exists() {
-        let marker = root.join(MARKER);
-        if !marker.is_file() {
-            return Err(SynthError::Foreign {
-                root: root.to_path_buf(),
-            });
-        }
-        let text = std::fs::read_to_string(&marker).map_err(|e| SynthError::io(&marker, e))?;
-        let found: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-        if found != wanted {
-            return Err(SynthError::Different {
-                root: root.to_path_buf(),
-                found: text.trim().to_string(),
-                wanted: wanted.to_string(),
-            });
-        }
-        return Ok(SynthOutcome {
-            generated: false,
-            tracks: plan.len(),
-        });
-    }
-    let name = root
-        .file_name()
-        .ok_or_else(|| SynthError::Params(format!("{}: not a folder name", root.display())))?;
-    let parent = match root.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+    let done = SynthOutcome {
+        generated: false,
+        tracks: plan.len(),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| SynthError::io(&parent, e))?;
-    // A fixed name: a leftover from a killed run is found and replaced, never mistaken for the corpus.
-    let tmp = parent.join(format!(".{}.genrelab-synth-tmp", name.to_string_lossy()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| SynthError::io(&tmp, e))?;
+    if root.exists() && check_existing(params, root)? {
+        return Ok(done);
     }
-    generate(params, &plan, &tmp)?;
-    let marker = tmp.join(MARKER);
-    let bytes =
-        serde_json::to_vec_pretty(&wanted).map_err(|e| SynthError::Params(e.to_string()))?;
-    std::fs::write(&marker, bytes).map_err(|e| SynthError::io(&marker, e))?;
-    std::fs::rename(&tmp, root).map_err(|e| SynthError::io(root, e))?;
+    let (parent, name) = parent_and_name(root)?;
+    std::fs::create_dir_all(&parent).map_err(|e| SynthError::io(&parent, e))?;
+    let lock_path = parent.join(format!(".{name}.genrelab-synth.lock"));
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| SynthError::io(&lock_path, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            on_wait();
+            lock.lock().map_err(|e| SynthError::io(&lock_path, e))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(SynthError::io(&lock_path, e)),
+    }
+    if root.exists() {
+        if !check_existing(params, root)? {
+            // A corpus from before markers listed files: record what is there, once, under the lock.
+            record_listing(params, &plan, root)?;
+        }
+        return Ok(done);
+    }
+    // Holding the lock, no generator is running: any temp folder is a killed run's leftover.
+    let prefix = format!(".{name}.genrelab-synth-tmp");
+    for entry in std::fs::read_dir(&parent)
+        .map_err(|e| SynthError::io(&parent, e))?
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|e| SynthError::io(&path, e))?;
+        }
+    }
+    let tmp = parent.join(format!("{prefix}.{}", std::process::id()));
+    let built = generate(params, &plan, &tmp)
+        .and_then(|()| record_listing(params, &plan, &tmp))
+        .and_then(|()| {
+            std::fs::rename(&tmp, root).map_err(|e| SynthError::io(root, e))?;
+            sync_dir(&parent);
+            Ok(())
+        });
+    if built.is_err() {
+        // Best effort: the next lock holder removes it anyway.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    built?;
+    drop(lock);
     Ok(SynthOutcome {
         generated: true,
         tracks: plan.len(),
     })
+}
+
+fn parent_and_name(root: &Path) -> Result<(PathBuf, String), SynthError> {
+    let name = root
+        .file_name()
+        .ok_or_else(|| SynthError::Params(format!("{}: not a folder name", root.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match root.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name))
+}
+
+fn read_marker(root: &Path) -> Result<(String, Option<Marker>), SynthError> {
+    let path = root.join(MARKER);
+    if !path.is_file() {
+        return Err(SynthError::Foreign {
+            root: root.to_path_buf(),
+        });
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| SynthError::io(&path, e))?;
+    let marker = serde_json::from_str(&text).ok();
+    Ok((text, marker))
+}
+
+/// `Ok(true)`: `root` is this corpus. `Ok(false)`: it is, but its marker predates file lists.
+fn check_existing(params: &SynthParams, root: &Path) -> Result<bool, SynthError> {
+    let (text, marker) = read_marker(root)?;
+    let wanted = serde_json::json!({"generator_version": GENERATOR_VERSION, "params": params});
+    let Some(marker) =
+        marker.filter(|m| m.generator_version == GENERATOR_VERSION && &m.params == params)
+    else {
+        let found: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let found = match found {
+            serde_json::Value::Object(mut map) => {
+                map.remove("files");
+                serde_json::Value::Object(map).to_string()
+            }
+            _ => text.trim().chars().take(200).collect(),
+        };
+        return Err(SynthError::Different {
+            root: root.to_path_buf(),
+            found,
+            wanted: wanted.to_string(),
+        });
+    };
+    let Some(files) = marker.files else {
+        return Ok(false);
+    };
+    let on_disk = sizes_on_disk(root)?;
+    let missing: Vec<String> = files
+        .keys()
+        .filter(|f| !on_disk.contains_key(*f))
+        .cloned()
+        .collect();
+    let extra: Vec<String> = on_disk
+        .keys()
+        .filter(|f| !files.contains_key(*f))
+        .cloned()
+        .collect();
+    let resized: Vec<(String, u64, u64)> = files
+        .iter()
+        .filter_map(|(f, entry)| {
+            let size = *on_disk.get(f)?;
+            (size != entry.size).then(|| (f.clone(), entry.size, size))
+        })
+        .collect();
+    if missing.is_empty() && extra.is_empty() && resized.is_empty() {
+        Ok(true)
+    } else {
+        Err(SynthError::Altered {
+            root: root.to_path_buf(),
+            missing,
+            extra,
+            resized,
+        })
+    }
+}
+
+/// Every file under `root` by `/`-separated relative path, with its size; hidden names are skipped, as the
+/// dataset hash skips them.
+fn sizes_on_disk(root: &Path) -> Result<BTreeMap<String, u64>, SynthError> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| SynthError::io(&dir, e))? {
+            let entry = entry.map_err(|e| SynthError::io(&dir, e))?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let meta = std::fs::metadata(&path).map_err(|e| SynthError::io(&path, e))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                let rel: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                out.insert(rel.join("/"), meta.len());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Check that `dir` holds exactly the planned files, hash and fsync each, and write the marker listing them
+/// (atomically, as the last file).
+fn record_listing(params: &SynthParams, plan: &[TrackPlan], dir: &Path) -> Result<(), SynthError> {
+    let on_disk = sizes_on_disk(dir)?;
+    let planned: std::collections::BTreeSet<String> =
+        plan.iter().map(TrackPlan::rel_path).collect();
+    let unverified = |reason: String| SynthError::Unverified {
+        root: dir.to_path_buf(),
+        reason,
+    };
+    if let Some(missing) = planned.iter().find(|f| !on_disk.contains_key(*f)) {
+        return Err(unverified(format!("{missing} is missing")));
+    }
+    if let Some(extra) = on_disk.keys().find(|f| !planned.contains(*f)) {
+        return Err(unverified(format!("{extra} was not planned")));
+    }
+    let files: Vec<(String, FileEntry)> = planned
+        .par_iter()
+        .map(|rel| {
+            let path = dir.join(rel);
+            let file = std::fs::File::open(&path).map_err(|e| SynthError::io(&path, e))?;
+            let mut hasher = blake3::Hasher::new();
+            hasher
+                .update_reader(&file)
+                .map_err(|e| SynthError::io(&path, e))?;
+            // A WAV header alone is 44 bytes; anything that short lost its samples.
+            let size = on_disk.get(rel).copied().unwrap_or_default();
+            if size <= 44 {
+                return Err(unverified(format!("{rel} holds no samples ({size} bytes)")));
+            }
+            file.sync_all().map_err(|e| SynthError::io(&path, e))?;
+            let blake3 = hasher.finalize().to_hex().to_string();
+            Ok((rel.clone(), FileEntry { size, blake3 }))
+        })
+        .collect::<Result<_, SynthError>>()?;
+    for genre in GENRES {
+        sync_dir(&dir.join("genres_original").join(genre));
+    }
+    sync_dir(&dir.join("genres_original"));
+    let marker = Marker {
+        generator_version: GENERATOR_VERSION,
+        params: params.clone(),
+        files: Some(files.into_iter().collect()),
+    };
+    let value = serde_json::to_value(&marker).map_err(|e| SynthError::Params(e.to_string()))?;
+    let bytes = serde_json::to_vec(&value).map_err(|e| SynthError::Params(e.to_string()))?;
+    let path = dir.join(MARKER);
+    let tmp = dir.join(format!("{MARKER}.{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| SynthError::io(&path, e))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes renames durable on power loss; a failure here cannot make a corpus look valid.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 /// One file of the corpus.
@@ -212,19 +542,9 @@ fn stream(seed: u64, purpose: &str, genre: &str, index: u32) -> ChaCha20Rng {
 
 /// Every file of the corpus, in genre then index order, with the duplicates chosen.
 pub fn plan(params: &SynthParams) -> Result<Vec<TrackPlan>, SynthError> {
+    params.check().map_err(|e| SynthError::Params(e.message))?;
     let per = params.tracks_per_genre;
-    if per == 0 {
-        return Err(SynthError::Params(
-            "tracks_per_genre must be at least 1".into(),
-        ));
-    }
     let total = per as usize * GENRES.len();
-    if params.duplicates as usize * 2 > total {
-        return Err(SynthError::Params(format!(
-            "duplicates = {} is more than half of the {total} tracks",
-            params.duplicates
-        )));
-    }
     let mut tracks: Vec<TrackPlan> = GENRES
         .iter()
         .flat_map(|g| {

@@ -173,6 +173,71 @@ fn leftover_temp_folder_from_a_killed_run_is_replaced() {
 }
 
 #[test]
+fn the_marker_lists_every_file_and_reuse_checks_names_and_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let params = small(1, 0);
+    ensure_corpus(&params, &root).unwrap();
+    let text = std::fs::read_to_string(root.join(MARKER)).unwrap();
+    let marker: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        text,
+        serde_json::to_string(&marker).unwrap(),
+        "canonical JSON"
+    );
+    let files = digests(&root);
+    let listed = marker["files"].as_object().unwrap();
+    assert_eq!(listed.len(), 10);
+    for (rel, entry) in listed {
+        assert_eq!(entry["blake3"], files[rel].as_str(), "{rel}");
+    }
+    std::fs::remove_file(root.join("genres_original/pop/pop.00000.wav")).unwrap();
+    let err = ensure_corpus(&params, &root).unwrap_err().to_string();
+    assert!(
+        err.contains("missing: genres_original/pop/pop.00000.wav"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_marker_without_a_file_list_is_completed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let params = small(1, 0);
+    ensure_corpus(&params, &root).unwrap();
+    let full = std::fs::read_to_string(root.join(MARKER)).unwrap();
+    let old = serde_json::json!({"generator_version": GENERATOR_VERSION, "params": params});
+    std::fs::write(root.join(MARKER), serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+    assert!(!ensure_corpus(&params, &root).unwrap().generated);
+    assert_eq!(std::fs::read_to_string(root.join(MARKER)).unwrap(), full);
+}
+
+#[test]
+fn params_from_yaml_name_the_offending_key() {
+    let err = |yaml: &str| {
+        let raw: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let e = SynthParams::from_yaml(&raw).unwrap_err();
+        (e.key.unwrap_or_default(), e.message)
+    };
+    assert_eq!(
+        err("tracks_per_genre: 0"),
+        (
+            "tracks_per_genre".into(),
+            "tracks_per_genre: must be from 1 to 10000, got 0".into()
+        )
+    );
+    assert_eq!(err("tracks_per_genre: -1").0, "tracks_per_genre");
+    assert_eq!(err("seeed: 1").0, "seeed");
+    assert_eq!(err("duplicates: 6\ntracks_per_genre: 1").0, "duplicates");
+    let ok: serde_yaml::Value = serde_yaml::from_str("seed: 3").unwrap();
+    assert_eq!(SynthParams::from_yaml(&ok).unwrap().seed, 3);
+    assert_eq!(
+        SynthParams::from_yaml(&serde_yaml::Value::Null).unwrap(),
+        SynthParams::default()
+    );
+}
+
+#[test]
 fn bad_params_are_rejected() {
     assert!(plan(&small(0, 0)).is_err());
     assert!(plan(&small(1, 6)).is_err());

@@ -624,3 +624,40 @@ pub fn assert_same_lock(actual: &str, expected: &str, context: &str) {
         );
     }
 }
+
+/// Polls `ready` until it returns `Some`, failing the test (naming `what`) if that takes longer than a generous
+/// deadline: a hang fails instead of blocking the suite, and nothing depends on how long a step takes.
+pub fn wait_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Waits (within a generous deadline, killing it past that) for a spawned command whose stdout and stderr
+/// are piped, and collects its output as a [`Run`]. The commands driven here print far less than a pipe holds.
+pub fn finish(mut child: std::process::Child) -> Run {
+    use std::io::Read;
+    let status = wait_until("a genrelab process to exit", || {
+        child.try_wait().expect("poll genrelab")
+    });
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_end(&mut stdout).expect("read stdout");
+    }
+    if let Some(mut err) = child.stderr.take() {
+        err.read_to_end(&mut stderr).expect("read stderr");
+    }
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
