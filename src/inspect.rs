@@ -117,10 +117,21 @@ pub fn lineage(project: &Project, target: &str) -> Result<LineageNode, EngineErr
     )))
 }
 
-/// The tree as indented text, params and digests on each line.
+/// The tree as indented text, params and digests on each line. A stage reached again through another path
+/// (ingest feeds split, slice and features) is printed once in full and then as `name (*)`, as `cargo tree`
+/// does, so shared ancestors do not repeat.
 pub fn render_lineage(root: &LineageNode) -> String {
-    fn walk(n: &LineageNode, depth: usize, out: &mut String) {
+    fn walk(n: &LineageNode, depth: usize, seen: &mut BTreeSet<Digest>, out: &mut String) {
         let pad = "  ".repeat(depth);
+        if !seen.insert(n.manifest.clone()) {
+            out.push_str(&format!(
+                "{pad}{} ({}) manifest {} (*)\n",
+                n.stage,
+                n.kind,
+                short(&n.manifest)
+            ));
+            return;
+        }
         let outputs: Vec<String> = n
             .outputs
             .iter()
@@ -149,7 +160,7 @@ pub fn render_lineage(root: &LineageNode) -> String {
         }
         for input in &n.inputs {
             match input {
-                LineageInput::Stage(child) => walk(child, depth + 1, out),
+                LineageInput::Stage(child) => walk(child, depth + 1, seen, out),
                 LineageInput::Dataset {
                     dataset,
                     digest,
@@ -170,7 +181,10 @@ pub fn render_lineage(root: &LineageNode) -> String {
         }
     }
     let mut out = String::new();
-    walk(root, 0, &mut out);
+    walk(root, 0, &mut BTreeSet::new(), &mut out);
+    if out.contains(" (*)\n") {
+        out.push_str("(*) printed in full above\n");
+    }
     out
 }
 

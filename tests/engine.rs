@@ -499,3 +499,24 @@ fn dag_renders_text_dot_and_mermaid() {
         mermaid.stdout
     );
 }
+
+#[test]
+fn lineage_prints_a_shared_ancestor_once_and_marks_repeats() {
+    let p = project();
+    assert_eq!(p.run(&["run"]).code, 0);
+    // `src` feeds both `a` and `b`, which both feed `join`.
+    let lineage = p.run(&["lineage", "tail"]);
+    assert_eq!(lineage.code, 0, "{}", lineage.stderr);
+    let full = lineage
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("src (toy_source) key "))
+        .count();
+    let repeats = lineage
+        .stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("src (toy_source) manifest ") && l.ends_with("(*)"))
+        .count();
+    assert_eq!((full, repeats), (1, 1), "{}", lineage.stdout);
+    assert!(lineage.stdout.ends_with("(*) printed in full above\n"), "{}", lineage.stdout);
+}
