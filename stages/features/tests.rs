@@ -805,6 +805,7 @@ fn run_stage(
     let dataset = DatasetView {
         root: base.join("data"),
         files: vec![],
+        unlisted: vec![],
         digest: String::new(),
     };
     let ctx = StageContext::new(

@@ -190,6 +190,7 @@ fn run_lists(
     let view = DatasetView {
         root,
         files: vec![],
+        unlisted: vec![],
         digest: "x".into(),
     };
     let c = ctx(&mkdirs(&dir.path().join("w")), tracks, 1, Some(view));
