@@ -61,23 +61,37 @@ const NOT_AUDIO_LINES: usize = 10;
 /// What decoding one candidate left behind: its numbers, or why it failed.
 type Outcome = Result<Track, QuarantinedFile>;
 
+impl Params {
+    /// Rejects values no run can use, before anything is allocated from them.
+    pub fn validate(&self) -> Result<(), StageError> {
+        let (lo, hi) = (audio::MIN_SAMPLE_RATE, audio::MAX_SAMPLE_RATE);
+        if !(lo..=hi).contains(&self.sample_rate) {
+            return Err(StageError::Invalid(format!(
+                "ingest: sample_rate {} is outside the limit {lo}..={hi} Hz",
+                self.sample_rate
+            )));
+        }
+        if self.extensions().is_empty() {
+            return Err(StageError::Invalid(
+                "ingest: extensions must name at least one file extension".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The audio extensions, lowercase and without the dot.
+    fn extensions(&self) -> Vec<String> {
+        self.extensions
+            .iter()
+            .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+}
+
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
-    if params.sample_rate == 0 {
-        return Err(StageError::Invalid(
-            "ingest: sample_rate must be > 0".into(),
-        ));
-    }
-    let extensions: Vec<String> = params
-        .extensions
-        .iter()
-        .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
-        .filter(|e| !e.is_empty())
-        .collect();
-    if extensions.is_empty() {
-        return Err(StageError::Invalid(
-            "ingest: extensions must name at least one file extension".into(),
-        ));
-    }
+    params.validate()?;
+    let extensions = params.extensions();
     let dataset = ctx.dataset()?;
     let plan = layout::plan(
         &dataset.files,
