@@ -69,6 +69,8 @@ struct RawDataset {
     root: String,
     #[serde(default)]
     synthetic: Option<serde_yaml::Value>,
+    #[serde(default)]
+    follow_external_symlinks: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +92,9 @@ pub struct DatasetConfig {
     pub root: PathBuf,
     /// Parameters of the embedded synthetic corpus; when present the corpus is generated into `root`.
     pub synthetic: Option<serde_yaml::Value>,
+    /// Follow symlinks whose target lies outside `root` (off by default: a dataset is what its folder holds,
+    /// and a stray link to `/` would otherwise pull in the whole machine).
+    pub follow_external_symlinks: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +148,7 @@ impl Pipeline {
                 root_as_written: raw.dataset.root,
                 root,
                 synthetic: raw.dataset.synthetic,
+                follow_external_symlinks: raw.dataset.follow_external_symlinks,
             },
             stages: raw
                 .stages

@@ -123,15 +123,20 @@ impl Project {
     }
 
     /// Hash the dataset folder (stat cache first), keeping the cache for next time.
-    pub fn hash_dataset(&self, root: &Path) -> Result<DatasetView, EngineError> {
+    pub fn hash_dataset(
+        &self,
+        dataset: &crate::config::DatasetConfig,
+    ) -> Result<DatasetView, EngineError> {
         let path = self.stat_cache_path();
         let mut cache = StatCache::load(&path);
-        let (view, stats) = hash_dataset(root, &mut cache)?;
+        let (view, stats) =
+            hash_dataset(&dataset.root, &mut cache, dataset.follow_external_symlinks)?;
         if stats.rehashed > 0 {
             cache.save(&path)?;
         }
         tracing::info!(
             files = stats.files,
+            unlisted = view.unlisted.len(),
             rehashed = stats.rehashed,
             bytes = stats.bytes_rehashed,
             "dataset hashed"
@@ -397,7 +402,7 @@ pub fn status(
     let files = resolve_param_files(project, pipeline, dag)?;
     let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
     if dag.uses_dataset() {
-        let view = project.hash_dataset(&pipeline.dataset.root)?;
+        let view = project.hash_dataset(&pipeline.dataset)?;
         upstream.insert(
             DATASET.into(),
             BTreeMap::from([(DATASET.to_string(), view.digest)]),
@@ -612,7 +617,7 @@ pub fn run(
         .iter()
         .any(|&i| dag.nodes[i].inputs.iter().any(|x| x == DATASET))
     {
-        Some(project.hash_dataset(&pipeline.dataset.root)?)
+        Some(project.hash_dataset(&pipeline.dataset)?)
     } else {
         None
     };

@@ -115,12 +115,74 @@ pub struct RawFile {
     pub digest: String,
 }
 
+/// Why an entry under the dataset root was not hashed as a file. Its `Display` text is part of the dataset
+/// digest, so it names only what the entry is (never a size or time that could change on its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnlistedReason {
+    /// A file whose name starts with `.` (never followed, never read).
+    HiddenFile,
+    /// A folder whose name starts with `.` (not descended into).
+    HiddenFolder,
+    /// A symlink whose target does not exist.
+    Dangling { target: String },
+    /// A symlink leading back to a folder that contains it (listed under `first`).
+    Loop { first: String },
+    /// A symlink (or folder) leading to a folder already listed under `first`, elsewhere: listed once.
+    Repeat { first: String },
+    /// A symlink whose target lies outside the dataset root, and the config does not allow following it.
+    OutsideRoot { target: String },
+    /// A symlink to another symlink: links are followed at most once.
+    LinkToLink { target: String },
+    /// Neither file, folder nor symlink: FIFO, socket, device. Never opened (a FIFO would block).
+    Special { kind: &'static str },
+    /// Listing or reading it failed; the OS error.
+    Unreadable { error: String },
+}
+
+impl std::fmt::Display for UnlistedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnlistedReason::HiddenFile => write!(f, "hidden file"),
+            UnlistedReason::HiddenFolder => write!(f, "hidden folder (not read)"),
+            UnlistedReason::Dangling { target } => write!(f, "dangling symlink to {target}"),
+            UnlistedReason::Loop { first } => {
+                let first = if first.is_empty() { "." } else { first };
+                write!(f, "symlink loop: reaches folder `{first}` again")
+            }
+            UnlistedReason::Repeat { first } => write!(
+                f,
+                "second path to folder `{first}`, already listed there"
+            ),
+            UnlistedReason::OutsideRoot { target } => write!(
+                f,
+                "symlink to {target}, outside the dataset root (set dataset.follow_external_symlinks to follow it)"
+            ),
+            UnlistedReason::LinkToLink { target } => write!(
+                f,
+                "symlink to a symlink ({target}); links are followed at most once"
+            ),
+            UnlistedReason::Special { kind } => write!(f, "special file ({kind}), not read"),
+            UnlistedReason::Unreadable { error } => write!(f, "unreadable: {error}"),
+        }
+    }
+}
+
+/// An entry under the dataset root that is not among its files, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlistedEntry {
+    /// Path relative to the dataset root, `/`-separated.
+    pub rel_path: String,
+    pub reason: UnlistedReason,
+}
+
 /// The raw dataset folder as the engine saw and hashed it.
 #[derive(Debug, Clone)]
 pub struct DatasetView {
     pub root: PathBuf,
     /// Sorted by `rel_path`.
     pub files: Vec<RawFile>,
+    /// Every other entry found under the root, sorted by `rel_path`: nothing is left out silently.
+    pub unlisted: Vec<UnlistedEntry>,
     pub digest: String,
 }
 

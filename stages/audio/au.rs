@@ -87,14 +87,9 @@ fn parse(bytes: &[u8]) -> Result<Interleaved, String> {
     let encoding = Encoding::from_code(field(12))?;
     let rate = field(16);
     let channels = field(20);
-    if channels == 0 {
-        return Err(".au header declares 0 channels".into());
-    }
+    super::check_format(rate, channels).map_err(|e| format!(".au header: {e}"))?;
     let channels =
         u16::try_from(channels).map_err(|_| format!(".au header declares {channels} channels"))?;
-    if rate == 0 {
-        return Err(".au header declares sample rate 0".into());
-    }
     let offset = usize::try_from(data_offset).unwrap_or(usize::MAX);
     if offset < HEADER_LEN {
         return Err(format!(

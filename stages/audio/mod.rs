@@ -9,6 +9,9 @@
 //! - Downmix is the mean of the channels summed in channel order (librosa's `to_mono`), resampling is a fixed
 //!   FFT resampler: the same file gives the same bits whatever thread decodes it.
 //! - A decoded track always has at least one sample, and every sample is finite.
+//! - Nothing read from a header is trusted for an allocation: rates, channel counts and the decoded length
+//!   are checked against the limits below before any buffer of that size exists, so a hostile or corrupt
+//!   header quarantines its file instead of aborting the run.
 
 mod au;
 mod resample;
@@ -19,6 +22,33 @@ mod tests;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// Lowest source (and target) sample rate accepted. Telephone audio is 8 kHz; nothing musical sits below
+/// 1 kHz, and a floor bounds how far a file can be upsampled (a 10 Hz header would otherwise ask for 2,205x).
+pub const MIN_SAMPLE_RATE: u32 = 1_000;
+/// Highest sample rate accepted: 768 kHz is the top rate of current converters and of any common format.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+/// Most channels accepted: room for 7th-order ambisonics (64) and large multitrack stems; a header claiming
+/// thousands is corrupt.
+pub const MAX_CHANNELS: u16 = 64;
+/// Longest decoded track, in samples at the target rate: 2^27 f32 samples (512 MiB), 101 minutes at
+/// 22,050 Hz. Bounds the resampler's output buffer whatever the header says.
+pub const MAX_DECODED_SAMPLES: u64 = 1 << 27;
+
+/// Checks a container's declared rate and channel count before anything is allocated from them.
+fn check_format(rate: u32, channels: u32) -> Result<(), String> {
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&rate) {
+        return Err(format!(
+            "sample rate {rate} Hz is outside the accepted {MIN_SAMPLE_RATE}..={MAX_SAMPLE_RATE} Hz"
+        ));
+    }
+    if channels == 0 || channels > u32::from(MAX_CHANNELS) {
+        return Err(format!(
+            "{channels} channels: the accepted range is 1..={MAX_CHANNELS}"
+        ));
+    }
+    Ok(())
+}
 
 /// A decode failure, naming the file: the reason ingest quarantines it.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +109,23 @@ pub fn decode_file(path: &Path, target_rate: u32) -> Result<Decoded, AudioError>
         path: path.to_path_buf(),
         reason,
     };
-    if target_rate == 0 {
-        return Err(err("target sample rate is 0".into()));
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&target_rate) {
+        return Err(err(format!(
+            "target sample rate {target_rate} Hz is outside the accepted {MIN_SAMPLE_RATE}..={MAX_SAMPLE_RATE} Hz"
+        )));
     }
     let raw = read_container(path).map_err(err)?;
     let source_rate = raw.rate;
     let source_channels = raw.channels;
     let mono = downmix(raw.samples, raw.channels).map_err(err)?;
+    let decoded_len = resample::output_len(mono.len(), source_rate, target_rate).map_err(err)?;
+    if decoded_len as u64 > MAX_DECODED_SAMPLES {
+        return Err(err(format!(
+            "too long: {} samples at {source_rate} Hz decode to {decoded_len} samples at {target_rate} Hz, over \
+             the limit of {MAX_DECODED_SAMPLES}",
+            mono.len()
+        )));
+    }
     let samples = if source_rate == target_rate {
         mono
     } else {
@@ -135,12 +175,7 @@ fn read_container(path: &Path) -> Result<Interleaved, String> {
             ))
         }
     };
-    if raw.channels == 0 {
-        return Err("0 channels".into());
-    }
-    if raw.rate == 0 {
-        return Err("sample rate is 0".into());
-    }
+    check_format(raw.rate, u32::from(raw.channels))?;
     if raw.samples.is_empty() {
         return Err("no audio samples".into());
     }

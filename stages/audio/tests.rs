@@ -417,7 +417,10 @@ fn malformed_and_degenerate_wavs_fail() {
 
     let ok = root.join("ok.wav");
     write_wav_int(&ok, 22050, 1, 16, &[1]);
-    assert_eq!(expect_err(&ok, 0).reason, "target sample rate is 0");
+    assert_eq!(
+        expect_err(&ok, 0).reason,
+        "target sample rate 0 Hz is outside the accepted 1000..=768000 Hz"
+    );
 }
 
 /// Max |a - b| over `range`.
@@ -558,4 +561,40 @@ fn audio_digest_is_blake3_of_le_f32() {
     let mut other = samples.clone();
     other[9999] = -other[9999];
     assert_ne!(audio_digest(&samples), audio_digest(&other));
+}
+
+#[test]
+fn header_values_that_would_allocate_without_bound_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // A few kB declared at 10 Hz would resample to 2,205x as many samples.
+    let slow = root.join("slow.wav");
+    write_wav_int(&slow, 10, 1, 16, &[1; 4000]);
+    assert_eq!(
+        expect_err(&slow, 22050).reason,
+        "sample rate 10 Hz is outside the accepted 1000..=768000 Hz"
+    );
+    let fast = root.join("fast.au");
+    std::fs::write(&fast, au_bytes(3, 4_000_000, 1, 8, 0, &[0; 8])).unwrap();
+    assert!(
+        expect_err(&fast, 22050)
+            .reason
+            .contains("sample rate 4000000 Hz is outside"),
+        "{}",
+        expect_err(&fast, 22050).reason
+    );
+    let wide = root.join("wide.au");
+    std::fs::write(&wide, au_bytes(3, 22050, 5000, 10000, 0, &[0; 10000])).unwrap();
+    assert_eq!(
+        expect_err(&wide, 22050).reason,
+        ".au header: 5000 channels: the accepted range is 1..=64"
+    );
+    // Within the rate limits, but upsampling 1 kHz to 768 kHz would pass the decoded-length bound.
+    let long = root.join("long.wav");
+    write_wav_int(&long, 1000, 1, 16, &vec![0; 200_000]);
+    let reason = expect_err(&long, 768_000).reason;
+    assert!(
+        reason.starts_with("too long: 200000 samples at 1000 Hz decode to 153600000 samples"),
+        "{reason}"
+    );
 }

@@ -14,6 +14,7 @@ pub(super) fn read(path: &Path) -> Result<Interleaved, String> {
     let reader = hound::WavReader::new(std::io::Cursor::new(bytes.as_slice()))
         .map_err(|e| open_error(&e))?;
     let spec = reader.spec();
+    super::check_format(spec.sample_rate, u32::from(spec.channels))?;
     let declared = u64::from(reader.len());
     let packed_16_bit = block_align(&bytes) == Some(2 * spec.channels);
     if spec.sample_format == hound::SampleFormat::Int && spec.bits_per_sample == 16 && packed_16_bit

@@ -264,7 +264,11 @@ impl MelExtractor {
     /// `1 + (len - n_fft) / hop`; an error when the segment is too short to frame.
     pub fn frames(&self, len: usize) -> Result<usize, MelError> {
         let padded = if self.center {
-            len + 2 * (self.n_fft / 2)
+            len.checked_add(2 * (self.n_fft / 2))
+                .ok_or_else(|| MelError::Segment {
+                    len,
+                    reason: "too long: centring pads it past the largest addressable length".into(),
+                })?
         } else {
             len
         };

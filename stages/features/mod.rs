@@ -125,6 +125,35 @@ impl Default for Params {
     }
 }
 
+/// Longest FFT: 65,536 samples (3 s at 22,050 Hz), 32x librosa's default; the window and FFT plan are
+/// allocated from it.
+pub const MAX_N_FFT: usize = 1 << 16;
+/// Most mel bands: 16x the study's 128, and a filter bank row each.
+pub const MAX_N_MELS: usize = 2048;
+/// Longest hop: the longest segment slicing accepts (one frame per segment beyond that).
+pub const MAX_HOP_LENGTH: usize = 1 << 27;
+/// Most f32 cells one track's segments may take (1 GiB): the buffer a worker holds per track.
+pub const MAX_TRACK_CELLS: usize = 1 << 28;
+
+impl Params {
+    /// Rejects sizes no run can use, before anything is allocated from them. Values that only make sense
+    /// with the sample rate (fmax) are checked when the front end is built.
+    pub fn validate(&self) -> Result<(), StageError> {
+        let within = |name: &str, value: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(StageError::Invalid(format!(
+                    "features: {name} {value} is outside the limit {lo}..={hi}"
+                )))
+            }
+        };
+        within("n_fft", self.n_fft, 2, MAX_N_FFT)?;
+        within("n_mels", self.n_mels, 1, MAX_N_MELS)?;
+        within("hop_length", self.hop_length, 1, MAX_HOP_LENGTH)
+    }
+}
+
 /// The consecutive segments of one track within one split.
 struct TrackJob<'a> {
     track: &'a Track,
@@ -132,6 +161,7 @@ struct TrackJob<'a> {
 }
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
+    params.validate()?;
     let dataset = ctx.dataset()?;
     let tracks: TrackTable = read_json(ctx.input("tracks")?, "tracks")?;
     let table: SegmentTable = read_json(ctx.input("segments")?, "segments")?;
@@ -152,7 +182,20 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         .frames(segment_samples)
         .map_err(|e| StageError::bad_input("segments", e.to_string()))?;
     let n_mels = extractor.n_mels();
-    let per_segment = n_mels * frames;
+    // A short hop on long segments can ask for more than memory holds: say which params, before allocating.
+    let per_track = n_mels
+        .checked_mul(frames)
+        .and_then(|cells| cells.checked_mul(table.segments_per_track as usize));
+    let per_segment = match per_track {
+        Some(cells) if cells <= MAX_TRACK_CELLS => n_mels * frames,
+        _ => {
+            return Err(StageError::Invalid(format!(
+            "features: n_mels {n_mels} x {frames} frames (segment_samples {} / hop_length {}) x \
+                 segments_per_track {} exceeds the limit of {MAX_TRACK_CELLS} values per track",
+            table.segment_samples, params.hop_length, table.segments_per_track
+        )))
+        }
+    };
 
     let by_id: BTreeMap<&str, &Track> = tracks.tracks.iter().map(|t| (t.id.as_str(), t)).collect();
     if let Some(seg) = table

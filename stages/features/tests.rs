@@ -805,6 +805,7 @@ fn run_stage(
     let dataset = DatasetView {
         root: base.join("data"),
         files: vec![],
+        unlisted: vec![],
         digest: String::new(),
     };
     let ctx = StageContext::new(
@@ -985,4 +986,44 @@ fn log_mel_speed() {
         per_segment * 1e3
     );
     assert!(out.iter().all(|v| (-80.0..=0.0).contains(v)));
+}
+
+#[test]
+fn absurd_sizes_are_rejected_naming_the_param_and_the_limit() {
+    for (params, text) in [
+        (
+            Params {
+                n_fft: 1_000_000_000,
+                ..Params::default()
+            },
+            "features: n_fft 1000000000 is outside the limit 2..=65536",
+        ),
+        (
+            Params {
+                n_mels: 1_000_000_000,
+                ..Params::default()
+            },
+            "features: n_mels 1000000000 is outside the limit 1..=2048",
+        ),
+        (
+            Params {
+                hop_length: 0,
+                ..Params::default()
+            },
+            "features: hop_length 0 is outside the limit 1..=134217728",
+        ),
+    ] {
+        assert_eq!(params.validate().unwrap_err().to_string(), text);
+    }
+    assert!(Params::default().validate().is_ok());
+}
+
+#[test]
+fn a_segment_too_long_to_pad_is_reported_as_too_long() {
+    let e = extractor(&Params::default())
+        .frames(usize::MAX)
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("too long"), "{text}");
+    assert!(!text.contains("shorter than n_fft"), "{text}");
 }

@@ -170,6 +170,22 @@ pub fn plan(files: &[RawFile], extensions: &[String], root: &str) -> Result<Plan
     })
 }
 
+/// The class of a path standing where a track would (audio extension, `<prefix>/<class>/<file>`), if it does.
+pub fn class_of(plan: &Plan, rel_path: &str, extensions: &[String]) -> Option<String> {
+    if !extension(rel_path).is_some_and(|e| extensions.contains(&e)) {
+        return None;
+    }
+    let parts: Vec<&str> = rel_path.split('/').collect();
+    let prefix: Vec<&str> = if plan.prefix.is_empty() {
+        Vec::new()
+    } else {
+        plan.prefix.split('/').collect()
+    };
+    let depth = prefix.len() + 2;
+    (parts.len() == depth && parts[..prefix.len()] == prefix[..])
+        .then(|| parts[depth - 2].to_string())
+}
+
 fn with_slash(prefix: &str) -> String {
     if prefix.is_empty() {
         String::new()

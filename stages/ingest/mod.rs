@@ -2,9 +2,11 @@
 //! its class, label and audio identity) and a quarantine list (every other file, with the reason).
 //!
 //! Invariants:
-//! - Every file of the dataset is either a track or quarantined; nothing is dropped silently. Files with a
+//! - Every entry of the dataset is either a track or quarantined; nothing is dropped silently. Files with a
 //!   non-audio extension (the Kaggle copy's PNGs and CSVs, notes next to the audio) are quarantined as "not an
-//!   audio file" so a stray file is visible in the artifact, not an error that blocks the run.
+//!   audio file" so a stray file is visible in the artifact, not an error that blocks the run. Entries the
+//!   engine could not hash (dangling or looping links, FIFOs, hidden or unreadable files) are quarantined
+//!   with their reason; one standing where a track would be counts against its class.
 //! - Every track decoded completely at ingest (a truncated file is quarantined here, not found downstream).
 //! - Classes are the folders directly holding the tracks, sorted; a track's label is its class's index.
 //!   A class left without any decodable track is an error: stratified splitting needs data in every class.
@@ -25,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::stage::{
     write_canonical_json, Need, StageContext, StageError, StageKind, StageReport, TypedStage,
-    DATASET,
+    UnlistedEntry, UnlistedReason, DATASET,
 };
 use crate::stages::audio;
 use crate::stages::common::tables::{Quarantine, QuarantinedFile, Track, TrackTable};
@@ -59,30 +61,56 @@ const NOT_AUDIO_LINES: usize = 10;
 /// What decoding one candidate left behind: its numbers, or why it failed.
 type Outcome = Result<Track, QuarantinedFile>;
 
+impl Params {
+    /// Rejects values no run can use, before anything is allocated from them.
+    pub fn validate(&self) -> Result<(), StageError> {
+        let (lo, hi) = (audio::MIN_SAMPLE_RATE, audio::MAX_SAMPLE_RATE);
+        if !(lo..=hi).contains(&self.sample_rate) {
+            return Err(StageError::Invalid(format!(
+                "ingest: sample_rate {} is outside the limit {lo}..={hi} Hz",
+                self.sample_rate
+            )));
+        }
+        if self.extensions().is_empty() {
+            return Err(StageError::Invalid(
+                "ingest: extensions must name at least one file extension".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The audio extensions, lowercase and without the dot.
+    fn extensions(&self) -> Vec<String> {
+        self.extensions
+            .iter()
+            .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+}
+
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
-    if params.sample_rate == 0 {
-        return Err(StageError::Invalid(
-            "ingest: sample_rate must be > 0".into(),
-        ));
-    }
-    let extensions: Vec<String> = params
-        .extensions
-        .iter()
-        .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
-        .filter(|e| !e.is_empty())
-        .collect();
-    if extensions.is_empty() {
-        return Err(StageError::Invalid(
-            "ingest: extensions must name at least one file extension".into(),
-        ));
-    }
+    params.validate()?;
+    let extensions = params.extensions();
     let dataset = ctx.dataset()?;
     let plan = layout::plan(
         &dataset.files,
         &extensions,
         &dataset.root.display().to_string(),
     )
-    .map_err(|reason| StageError::bad_input(DATASET, reason))?;
+    .map_err(|reason| StageError::bad_input(DATASET, with_unlisted(reason, &dataset.unlisted)))?;
+    let unlisted: Vec<Unlisted> = dataset
+        .unlisted
+        .iter()
+        .map(|u| Unlisted {
+            class: layout::class_of(&plan, &u.rel_path, &extensions),
+            file: QuarantinedFile {
+                path: u.rel_path.clone(),
+                file_digest: String::new(),
+                reason: unlisted_reason(u),
+            },
+        })
+        .collect();
 
     let bar = ctx.progress(plan.candidates.len() as u64, "decode");
     let outcomes: Vec<Outcome> = plan
@@ -96,7 +124,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         .collect();
     bar.finish();
 
-    let (table, quarantine) = assemble(&plan, outcomes, params.sample_rate)?;
+    let (table, quarantine) = assemble(&plan, &unlisted, outcomes, params.sample_rate)?;
     write_canonical_json(&ctx.output_path("tracks")?, &table)?;
     write_canonical_json(&ctx.output_path("quarantine")?, &quarantine)?;
     Ok(report(&plan, &table, &quarantine))
@@ -124,6 +152,47 @@ fn decode_one(root: &Path, c: &Candidate, sample_rate: u32) -> Outcome {
     }
 }
 
+/// An entry the engine could not hash, quarantined as is; `class` when it stands where a track would.
+#[derive(Debug, Clone)]
+pub struct Unlisted {
+    pub class: Option<String>,
+    pub file: QuarantinedFile,
+}
+
+/// The quarantine reason of an unlisted entry. The synthetic generator's own marker is named as such: it is
+/// expected in every generated corpus, and "hidden file" would send a user looking for a problem.
+fn unlisted_reason(entry: &UnlistedEntry) -> String {
+    if entry.rel_path == crate::stages::synth::MARKER && entry.reason == UnlistedReason::HiddenFile
+    {
+        "the synthetic generator's marker, not audio".into()
+    } else {
+        entry.reason.to_string()
+    }
+}
+
+/// A layout error on a dataset with unlisted entries says so: a folder of dangling links looks empty.
+fn with_unlisted(reason: String, unlisted: &[UnlistedEntry]) -> String {
+    if unlisted.is_empty() {
+        return reason;
+    }
+    let shown: Vec<String> = unlisted
+        .iter()
+        .take(NOT_AUDIO_LINES)
+        .map(|u| format!("{}: {}", u.rel_path, u.reason))
+        .collect();
+    let more = unlisted.len().saturating_sub(shown.len());
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "{reason}; {} entries could not be read as files: {}{more}",
+        unlisted.len(),
+        shown.join("; ")
+    )
+}
+
 fn join_rel(root: &Path, rel: &str) -> PathBuf {
     let mut path = root.to_path_buf();
     path.extend(rel.split('/'));
@@ -133,6 +202,7 @@ fn join_rel(root: &Path, rel: &str) -> PathBuf {
 /// Labels, sorting and the every-class-has-data check, over the decode outcomes in candidate order.
 pub fn assemble(
     plan: &Plan,
+    unlisted: &[Unlisted],
     outcomes: Vec<Outcome>,
     sample_rate: u32,
 ) -> Result<(TrackTable, Quarantine), StageError> {
@@ -143,6 +213,14 @@ pub fn assemble(
     let mut tracks = Vec::new();
     let mut quarantined: Vec<QuarantinedFile> =
         plan.skipped.iter().map(|s| s.file.clone()).collect();
+    // A class whose every track is a dangling link must fail as loudly as one whose every file is corrupt.
+    for u in unlisted {
+        if let Some(class) = &u.class {
+            let entry = per_class.entry(class.clone()).or_default();
+            entry.1.push(format!("{}: {}", u.file.path, u.file.reason));
+        }
+        quarantined.push(u.file.clone());
+    }
     for (c, outcome) in plan.candidates.iter().zip(outcomes) {
         let entry = per_class.entry(c.class.clone()).or_default();
         match outcome {

@@ -7,7 +7,7 @@ use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::stage::{read_json, DatasetView, RawFile};
+use crate::stage::{read_json, DatasetView, RawFile, UnlistedEntry, UnlistedReason};
 
 fn wav_bytes(dir: &Path, rate: u32, channels: u16, freq: f64, frames: usize) -> Vec<u8> {
     let tmp = dir.join(".scratch.wav");
@@ -45,6 +45,7 @@ struct Corpus {
     _dir: tempfile::TempDir,
     root: PathBuf,
     files: BTreeMap<String, Vec<u8>>,
+    unlisted: Vec<UnlistedEntry>,
 }
 
 impl Corpus {
@@ -56,6 +57,7 @@ impl Corpus {
             _dir: dir,
             root,
             files: BTreeMap::new(),
+            unlisted: Vec::new(),
         }
     }
 
@@ -84,6 +86,7 @@ impl Corpus {
         DatasetView {
             root: self.root.clone(),
             files,
+            unlisted: self.unlisted.clone(),
             digest: "unused".into(),
         }
     }
@@ -387,7 +390,10 @@ fn resampling_target_is_a_param() {
         sample_rate: 0,
         ..Params::default()
     };
-    assert!(error_text(ingest(&c, &zero, 1)).contains("sample_rate must be > 0"));
+    assert_eq!(
+        error_text(ingest(&c, &zero, 1)),
+        "ingest: sample_rate 0 is outside the limit 1000..=768000 Hz"
+    );
 }
 
 #[test]
@@ -580,4 +586,61 @@ fn params_default_to_the_study_and_reject_unknown_keys() {
     );
     assert_eq!(kind.needs()[0].artifact, "dataset");
     assert_eq!(kind.outputs(), &["tracks", "quarantine"]);
+}
+
+#[test]
+fn unlisted_entries_are_quarantined_and_count_against_their_class() {
+    let mut c = Corpus::new();
+    c.wav("blues/blues.0.wav", 300.0);
+    c.wav("jazz/jazz.0.wav", 400.0);
+    let entry = |rel: &str, reason| UnlistedEntry {
+        rel_path: rel.into(),
+        reason,
+    };
+    c.unlisted = vec![
+        entry(".genrelab-synth.json", UnlistedReason::HiddenFile),
+        entry(
+            "blues/blues.1.wav",
+            UnlistedReason::Dangling {
+                target: "/gone".into(),
+            },
+        ),
+        entry("loop", UnlistedReason::Loop { first: "".into() }),
+    ];
+    let o = ingest(&c, &Params::default(), 1).unwrap();
+    let reasons: Vec<(&str, &str)> = o
+        .quarantine
+        .files
+        .iter()
+        .map(|q| (q.path.as_str(), q.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                ".genrelab-synth.json",
+                "the synthetic generator's marker, not audio"
+            ),
+            ("blues/blues.1.wav", "dangling symlink to /gone"),
+            ("loop", "symlink loop: reaches folder `.` again"),
+        ]
+    );
+    assert!(!o.report.summary.iter().any(|l| l == "quarantine: none"));
+
+    // Every jazz track is a dangling link: the class is named with its files, not silently dropped.
+    c.files.remove("jazz/jazz.0.wav");
+    std::fs::remove_file(c.root.join("jazz/jazz.0.wav")).unwrap();
+    c.unlisted.push(entry(
+        "jazz/jazz.0.wav",
+        UnlistedReason::Dangling {
+            target: "../x".into(),
+        },
+    ));
+    let e = error_text(ingest(&c, &Params::default(), 1));
+    assert!(
+        e.contains(
+            "class `jazz` has no decodable track (1 quarantined: jazz/jazz.0.wav: dangling symlink to ../x)"
+        ),
+        "{e}"
+    );
 }

@@ -40,6 +40,32 @@ impl Default for Params {
     }
 }
 
+/// Most segments per track: far more than any track of a plausible length holds, and small enough that
+/// `index * segment_samples` cannot overflow.
+pub const MAX_SEGMENTS_PER_TRACK: u32 = 1 << 16;
+/// Longest segment: the longest track audio decoding accepts, so a longer one could never fit.
+pub const MAX_SEGMENT_SAMPLES: u64 = crate::stages::audio::MAX_DECODED_SAMPLES;
+
+impl Params {
+    /// Rejects values no run can use, before anything is computed from them.
+    pub fn validate(&self) -> Result<(), StageError> {
+        if !(1..=MAX_SEGMENTS_PER_TRACK).contains(&self.segments_per_track) {
+            return Err(StageError::Invalid(format!(
+                "slice: segments_per_track {} is outside the limit 1..={MAX_SEGMENTS_PER_TRACK}",
+                self.segments_per_track
+            )));
+        }
+        if !(1..=MAX_SEGMENT_SAMPLES).contains(&self.segment_samples) {
+            return Err(StageError::Invalid(format!(
+                "slice: segment_samples {} is outside the limit 1..={MAX_SEGMENT_SAMPLES} (the longest \
+                 track decoding accepts)",
+                self.segment_samples
+            )));
+        }
+        Ok(())
+    }
+}
+
 const NEEDS: &[Need] = &[Need::one("tracks"), Need::one("split")];
 
 pub fn kind() -> Box<dyn StageKind> {
@@ -54,6 +80,7 @@ pub fn kind() -> Box<dyn StageKind> {
 }
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
+    params.validate()?;
     let tracks: TrackTable = read_json(ctx.input("tracks")?, "tracks")?;
     let split: SplitTable = read_json(ctx.input("split")?, "split")?;
     let table = slice(&tracks, &split, params)?;
@@ -67,12 +94,7 @@ pub fn slice(
     split: &SplitTable,
     params: &Params,
 ) -> Result<SegmentTable, StageError> {
-    if params.segments_per_track == 0 || params.segment_samples == 0 {
-        return Err(StageError::Invalid(format!(
-            "slice params: segments_per_track ({}) and segment_samples ({}) must both be at least 1",
-            params.segments_per_track, params.segment_samples
-        )));
-    }
+    params.validate()?;
     let by_id: BTreeMap<&str, _> = tracks.tracks.iter().map(|t| (t.id.as_str(), t)).collect();
     let mut segments = Vec::new();
     let mut short_tracks = Vec::new();

@@ -131,3 +131,29 @@ fn unknown_track_and_zero_params_are_errors() {
     };
     assert!(slice(&tracks, &split, &params).is_err());
 }
+
+#[test]
+fn absurd_params_are_rejected_naming_the_param_and_the_limit() {
+    let (tracks, split) = fixture();
+    for (params, text) in [
+        (
+            Params {
+                segment_samples: u64::MAX,
+                ..Params::default()
+            },
+            "slice: segment_samples 18446744073709551615 is outside the limit 1..=134217728",
+        ),
+        (
+            Params {
+                segments_per_track: 4_000_000_000,
+                ..Params::default()
+            },
+            "slice: segments_per_track 4000000000 is outside the limit 1..=65536",
+        ),
+    ] {
+        let err = params.validate().unwrap_err().to_string();
+        assert!(err.starts_with(text), "{err}");
+        let err = slice(&tracks, &split, &params).unwrap_err().to_string();
+        assert!(err.starts_with(text), "{err}");
+    }
+}

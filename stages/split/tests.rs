@@ -190,6 +190,7 @@ fn run_lists(
     let view = DatasetView {
         root,
         files: vec![],
+        unlisted: vec![],
         digest: "x".into(),
     };
     let files = ["train", "val", "test"]
