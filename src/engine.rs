@@ -747,17 +747,24 @@ pub fn run(
                     let dataset = dataset.as_ref();
                     let dataset_root = pipeline.dataset.root_as_written.as_str();
                     scope.spawn(move || {
-                        let result = pool.install(|| {
-                            execute(
-                                project,
-                                dag,
-                                &job,
-                                upstream_records,
-                                dataset,
-                                dataset_root,
-                                jobs,
-                                multi,
-                            )
+                        // A panic in a stage is that stage's failure: caught here, or the scheduler would
+                        // wait forever for a report that never comes.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            pool.install(|| {
+                                execute(
+                                    project,
+                                    dag,
+                                    &job,
+                                    upstream_records,
+                                    dataset,
+                                    dataset_root,
+                                    jobs,
+                                    multi,
+                                )
+                            })
+                        }))
+                        .unwrap_or_else(|panic| {
+                            Err(panic_message(&dag.nodes[job.idx].name, &panic))
                         });
                         let _ = tx.send((job.idx, result));
                     });
@@ -799,6 +806,15 @@ pub fn run(
     let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
     project.update_lock(|lock| lock.stages.retain(|name, _| names.contains(name)))?;
     Ok(results)
+}
+
+fn panic_message(stage: &str, panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    format!("stage `{stage}` panicked: {what} (a bug in the stage: please report it)")
 }
 
 fn unknown_stage(dag: &Dag, name: &str) -> EngineError {

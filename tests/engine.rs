@@ -518,5 +518,34 @@ fn lineage_prints_a_shared_ancestor_once_and_marks_repeats() {
         .filter(|l| l.trim_start().starts_with("src (toy_source) manifest ") && l.ends_with("(*)"))
         .count();
     assert_eq!((full, repeats), (1, 1), "{}", lineage.stdout);
-    assert!(lineage.stdout.ends_with("(*) printed in full above\n"), "{}", lineage.stdout);
+    assert!(
+        lineage.stdout.ends_with("(*) printed in full above\n"),
+        "{}",
+        lineage.stdout
+    );
+}
+
+#[test]
+fn a_panicking_stage_fails_alone_and_the_run_ends() {
+    let p = project();
+    p.write_config(
+        &p.config()
+            .replace("salt: a\n", "salt: a\n      panic: true\n"),
+    );
+    // util's run kills the command past its limit, so a hang fails here instead of blocking the suite.
+    let run = p.run(&["run", "-j", "2"]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.line("a")
+            .contains("stage `a` panicked: panicking as configured"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.line("join").contains("skipped (upstream `a` failed)"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.line("b").contains(": ran ("), "{}", run.stdout);
+    assert_eq!(p.run(&["verify"]).code, 0);
 }

@@ -33,6 +33,9 @@ pub struct MapParams {
     /// params when empty, so pipelines without it keep their keys' params unchanged.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub signal: String,
+    /// Panic instead of producing output (a stage's bug must fail that stage, not hang the run).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub panic: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -65,6 +68,9 @@ fn scan(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, StageEr
 }
 
 fn map(params: &MapParams, ctx: &StageContext) -> Result<StageReport, StageError> {
+    if params.panic {
+        panic!("panicking as configured (panic: true)");
+    }
     if params.fail {
         return Err(StageError::Invalid(
             "failing as configured (fail: true)".into(),
