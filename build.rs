@@ -1,6 +1,8 @@
-//! Computes each `stages/<dir>` folder's source digest at build time. A stage kind's code fingerprint is made
-//! from the digests of the folders it declares, so editing one stage's code invalidates that stage and its
-//! descendants only, without anyone bumping a version string by hand.
+//! Computes each `stages/<dir>` folder's fingerprint at build time: its sources and the resolved versions
+//! (from Cargo.lock) of the crates they use. A stage kind's code fingerprint is made from the fingerprints of
+//! the folders it declares plus the contract's own source, so editing one stage's code, or upgrading a crate
+//! it computes with, invalidates that stage and its descendants only, without anyone bumping a version
+//! string by hand.
 
 use std::fs;
 use std::path::PathBuf;
@@ -14,6 +16,10 @@ fn main() {
     let stages = root.join("stages");
     println!("cargo:rerun-if-changed=stages");
     println!("cargo:rerun-if-changed=src/code_digest.rs");
+    println!("cargo:rerun-if-changed=src/stage.rs");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    // A missing Cargo.lock (a library build) only means no crate versions enter the fingerprints.
+    let cargo_lock = fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
     let mut dirs: Vec<String> = fs::read_dir(&stages)
         .map(|rd| {
             rd.flatten()
@@ -33,10 +39,16 @@ fn main() {
         for (_, path) in code_digest::source_files(&dir_path) {
             println!("cargo:rerun-if-changed={}", path.display());
         }
-        let digest = code_digest::folder_digest(&dir_path).expect("stage sources are readable");
+        let digest = code_digest::folder_fingerprint(&dir_path, &cargo_lock)
+            .expect("stage sources are readable");
         table.push_str(&format!("    ({dir:?}, {digest:?}),\n"));
     }
     table.push_str("];\n");
+    let contract = fs::read(root.join("src/stage.rs")).expect("src/stage.rs is readable");
+    table.push_str(&format!(
+        "/// blake3 of src/stage.rs, the contract every stage kind runs under (its helpers shape outputs too).\npub const CONTRACT_DIGEST: &str = {:?};\n",
+        blake3::hash(&contract).to_hex().to_string()
+    ));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("stage_sources.rs");
     fs::write(out, table).expect("OUT_DIR is writable");

@@ -125,10 +125,16 @@ pub fn code_fingerprint(dirs: &BTreeMap<String, Digest>) -> Digest {
     digest_bytes(&canonical_json(dirs))
 }
 
-/// The build-time digests of the given `stages/` folders; an unknown folder gets an empty digest so that it
-/// shows up as changed once it exists.
+/// The key under which the contract's digest enters every kind's code map (not a folder name: those cannot
+/// start with `@`).
+pub const CONTRACT: &str = "@contract";
+
+/// The build-time fingerprints of the given `stages/` folders, plus the contract's ([`CONTRACT`]). A folder
+/// that does not exist gets an empty digest (it shows up as changed once it exists); a test over the
+/// registry makes that a test failure for any kind declaring one.
 pub fn code_dirs(dirs: &[&str]) -> BTreeMap<String, Digest> {
-    dirs.iter()
+    let mut map: BTreeMap<String, Digest> = dirs
+        .iter()
         .map(|dir| {
             let digest = crate::code::STAGE_SOURCE_DIGESTS
                 .iter()
@@ -137,7 +143,12 @@ pub fn code_dirs(dirs: &[&str]) -> BTreeMap<String, Digest> {
                 .unwrap_or_default();
             (dir.to_string(), digest)
         })
-        .collect()
+        .collect();
+    map.insert(
+        CONTRACT.to_string(),
+        crate::code::CONTRACT_DIGEST.to_string(),
+    );
+    map
 }
 
 #[cfg(test)]
@@ -220,15 +231,98 @@ mod tests {
 
     #[test]
     fn the_built_fingerprints_are_the_digests_of_the_stage_folders() {
-        let stages = Path::new(env!("CARGO_MANIFEST_DIR")).join("stages");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cargo_lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
         for (dir, built) in crate::code::STAGE_SOURCE_DIGESTS {
             assert_eq!(
-                &crate::code_digest::folder_digest(&stages.join(dir)).unwrap(),
+                &crate::code_digest::folder_fingerprint(
+                    &root.join("stages").join(dir),
+                    &cargo_lock
+                )
+                .unwrap(),
                 built,
                 "stages/{dir}"
             );
         }
+        let contract = std::fs::read(root.join("src/stage.rs")).unwrap();
+        assert_eq!(crate::code::CONTRACT_DIGEST, digest_bytes(&contract));
         assert!(code_dirs(&["split"])["split"].len() == 64);
+    }
+
+    #[test]
+    fn the_stage_folders_fingerprints_cover_the_crates_they_compute_with() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cargo_lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+        let names = |dir: &str| -> Vec<String> {
+            crate::code_digest::crate_versions(&root.join("stages").join(dir), &cargo_lock)
+                .unwrap()
+                .into_iter()
+                .map(|line| line.split(' ').next().unwrap_or_default().to_string())
+                .collect()
+        };
+        let audio = names("audio");
+        assert!(
+            ["hound", "rubato"]
+                .iter()
+                .all(|c| audio.iter().any(|n| n == c)),
+            "{audio:?}"
+        );
+        let features = names("features");
+        assert!(
+            ["rustfft", "realfft", "num-complex"]
+                .iter()
+                .all(|c| features.iter().any(|n| n == c)),
+            "{features:?}"
+        );
+        assert!(!features.iter().any(|n| n == "clap"), "{features:?}");
+    }
+
+    #[test]
+    fn every_registered_kind_declares_existing_code_folders() {
+        for kind in crate::stages::registry() {
+            for dir in kind.code_dirs() {
+                assert!(
+                    crate::code::STAGE_SOURCE_DIGESTS
+                        .iter()
+                        .any(|(d, _)| d == dir),
+                    "kind `{}` declares code folder stages/{dir}, which does not exist",
+                    kind.kind()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_crate_upgrade_changes_the_fingerprint_of_the_folders_that_use_it() {
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tree.path().join("mod.rs"),
+            "use rustfft::FftPlanner;\nfn f() { let _ = std::fs::read(\"x\"); }\n",
+        )
+        .unwrap();
+        let lock = |fft: &str, num: &str| {
+            format!(
+                "version = 4\n\n[[package]]\nname = \"rustfft\"\nversion = \"{fft}\"\ndependencies = [\n \"num-complex\",\n]\n\n\
+                 [[package]]\nname = \"num-complex\"\nversion = \"{num}\"\n\n[[package]]\nname = \"hound\"\nversion = \"3.5.1\"\n"
+            )
+        };
+        let versions =
+            crate::code_digest::crate_versions(tree.path(), &lock("6.2.0", "0.4.6")).unwrap();
+        assert_eq!(versions, ["num-complex 0.4.6", "rustfft 6.2.0"]);
+        let fp = |l: &str| crate::code_digest::folder_fingerprint(tree.path(), l).unwrap();
+        let base = fp(&lock("6.2.0", "0.4.6"));
+        assert_ne!(
+            fp(&lock("6.4.1", "0.4.6")),
+            base,
+            "a direct dependency moved"
+        );
+        assert_ne!(
+            fp(&lock("6.2.0", "0.4.7")),
+            base,
+            "a transitive dependency moved"
+        );
+        let unused = lock("6.2.0", "0.4.6").replace("3.5.1", "3.6.0");
+        assert_eq!(fp(&unused), base, "a crate the folder does not use moved");
     }
 
     #[test]

@@ -99,12 +99,21 @@ impl fmt::Display for StaleReason {
                         short(d).to_string()
                     }
                 };
-                write!(
-                    f,
-                    "code in stages/{dir} changed {} → {}",
-                    show(old),
-                    show(new)
-                )
+                if dir == crate::hashing::CONTRACT {
+                    write!(
+                        f,
+                        "the stage contract (src/stage.rs) changed {} → {}",
+                        show(old),
+                        show(new)
+                    )
+                } else {
+                    write!(
+                        f,
+                        "code in stages/{dir} changed {} → {}",
+                        show(old),
+                        show(new)
+                    )
+                }
             }
             StaleReason::ParamChanged { path, old, new } => {
                 write!(f, "{path} changed {old} → {new}")
