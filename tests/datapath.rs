@@ -30,7 +30,7 @@ stages:
     inputs: [features, slice]
   - name: baseline
     kind: baseline
-    inputs: [scaler, slice]
+    inputs: [features, scaler, slice]
 ";
 
 const CLASSES: [&str; 3] = ["blues", "jazz", "metal"];
@@ -185,7 +185,7 @@ fn changing_n_mels_reruns_features_and_what_reads_them_only() {
     p.write_config(&p.config().replace("n_mels: 128", "n_mels: 64"));
     let run = p.run(&["run"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    // baseline reads the scaler's output, so it is a descendant too.
+    // baseline reads the features and the scaler's statistics, so it is a descendant too.
     assert_eq!(run.ran(), vec!["baseline", "features", "scaler"]);
     assert!(
         run.line("features")

@@ -1,7 +1,8 @@
 //! Stage `baseline`: a cheap classifier that measures how hard the corpus is and stays the floor every CNN
 //! must clear.
 //!
-//! Each segment becomes one vector: the mean over frames of its scaled log-mel, one value per mel band.
+//! Each segment becomes one vector: the mean over frames of its standardised log-mel, one value per mel band,
+//! read from `features` through the `scaler`'s statistics ([`ScaledFeatures`]).
 //! `nearest_centroid` assigns the class whose train-segment mean vector is closest (Euclidean); a track is
 //! classified from the mean of its segments' vectors, and also by majority vote of its segments.
 //!
@@ -15,7 +16,6 @@
 //! Output `baseline` (canonical JSON): see [`BaselineReport`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -24,9 +24,8 @@ use crate::stage::{
     read_json, write_canonical_json, Need, StageContext, StageError, StageKind, StageReport,
     TypedStage,
 };
-use crate::stages::common::split_tensors::{open_split, SplitTensor};
+use crate::stages::common::scaled_reader::ScaledFeatures;
 use crate::stages::common::tables::SegmentTable;
-use crate::stages::common::tensors::TensorFile;
 
 #[cfg(test)]
 mod tests;
@@ -263,30 +262,21 @@ pub fn evaluate(
     })
 }
 
-/// Reads one split's vectors from the scaled file, checked against the segment table. Returns the data and
+/// Reads one split's vectors, standardised, checked against the segment table. Returns the data and
 /// `n_mels`.
 fn read_split(
-    file: &TensorFile,
-    path: &Path,
+    features: &ScaledFeatures,
     segments: &SegmentTable,
     split: &str,
 ) -> Result<(SplitData, usize), StageError> {
-    let SplitTensor { values, labels } = open_split(file, path, "scaled", segments, split)?;
-    let listed: Vec<_> = segments.of_split(split).collect();
-    let (n_mels, frames) = (values.shape[1], values.shape[2]);
-    let vectors = (0..values.rows())
-        .into_par_iter()
-        .map(|i| {
-            let mut row = Vec::new();
-            values.row_f32_into(i, &mut row);
-            mean_over_frames(&row, frames)
-        })
-        .collect();
-    let tracks = listed.iter().map(|s| s.track.clone()).collect();
+    let rows = features.split(segments, split)?;
+    let (n_mels, frames) = rows.dims();
+    let vectors = rows.map_rows(|row| mean_over_frames(row, frames));
+    let tracks = segments.of_split(split).map(|s| s.track.clone()).collect();
     Ok((
         SplitData {
             vectors,
-            labels,
+            labels: rows.labels().to_vec(),
             tracks,
         },
         n_mels,
@@ -294,17 +284,11 @@ fn read_split(
 }
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
-    let scaled_path = ctx.input("scaled")?;
     let segments: SegmentTable = read_json(ctx.input("segments")?, "segments")?;
-    let file = TensorFile::open(scaled_path)?;
-    let (train, n_mels) = read_split(&file, scaled_path, &segments, "train")?;
-    let (val, val_mels) = read_split(&file, scaled_path, &segments, "val")?;
-    if val_mels != n_mels {
-        return Err(StageError::bad_file(
-            scaled_path,
-            format!("val segments have {val_mels} mel bands, train segments {n_mels}"),
-        ));
-    }
+    let features = ScaledFeatures::open(ctx.input("features")?, ctx.input("scaler")?)?;
+    // Both splits are checked against the one set of statistics, so they share its mel bands.
+    let (train, n_mels) = read_split(&features, &segments, "train")?;
+    let (val, _) = read_split(&features, &segments, "val")?;
     let report = evaluate(params.method, n_mels, &train, &val)?;
     write_canonical_json(&ctx.output_path("baseline")?, &report)?;
 
@@ -327,7 +311,11 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     })
 }
 
-const NEEDS: &[Need] = &[Need::one("scaled"), Need::one("segments")];
+const NEEDS: &[Need] = &[
+    Need::one("features"),
+    Need::one("scaler"),
+    Need::one("segments"),
+];
 
 pub fn kind() -> Box<dyn StageKind> {
     Box::new(TypedStage::<Params> {

@@ -1,5 +1,9 @@
 //! Tests for the `baseline` stage: known answers on constructed data, tie rules, thread-count independence,
 //! and proof that the test split's values never reach the output.
+//!
+//! The constructed corpora are written as `features` with an identity `scaler` (mean 0, std 1), through which
+//! the reader returns every value unchanged, so the known answers are in the values as written. That the
+//! baseline's bytes match the former scaled-copy path on fitted statistics is tested in `scaler::tests`.
 
 use std::collections::BTreeMap;
 
@@ -55,7 +59,7 @@ impl Corpus {
         }
     }
 
-    fn write_scaled(&self, path: &std::path::Path) {
+    fn write_features(&self, path: &std::path::Path) {
         let mut specs = Vec::new();
         let mut data = Vec::new();
         for split in SPLITS {
@@ -83,14 +87,39 @@ impl Corpus {
         w.finish().unwrap();
     }
 
+    /// Mean 0 and std 1 for every cell: `(x - 0) / 1` is `x` exactly.
+    fn write_identity_scaler(&self, path: &std::path::Path) {
+        let cells = self.n_mels * self.frames;
+        let shape = vec![self.n_mels, self.frames];
+        let mut w = TensorWriter::create(
+            path,
+            vec![
+                TensorSpec::new("mean", Dtype::F64, shape.clone()),
+                TensorSpec::new("std", Dtype::F64, shape),
+                TensorSpec::new("count", Dtype::U32, vec![1]),
+            ],
+        )
+        .unwrap();
+        w.write_f64(&vec![0.0; cells]).unwrap();
+        w.write_f64(&vec![1.0; cells]).unwrap();
+        w.write_u32(&[1]).unwrap();
+        w.finish().unwrap();
+    }
+
     /// Runs the stage with `threads` workers; returns the report and the artifact bytes.
     fn run(&self, threads: usize) -> Result<(StageReport, Vec<u8>), StageError> {
         let dir = tempfile::tempdir().unwrap();
-        let scaled = dir.path().join("scaled");
+        let features = dir.path().join("features");
+        let scaler = dir.path().join("scaler");
         let segments = dir.path().join("segments");
-        self.write_scaled(&scaled);
+        self.write_features(&features);
+        self.write_identity_scaler(&scaler);
         write_canonical_json(&segments, &self.table()).unwrap();
-        let inputs = local_inputs([("scaled", scaled), ("segments", segments)]);
+        let inputs = local_inputs([
+            ("features", features),
+            ("scaler", scaler),
+            ("segments", segments),
+        ]);
         let out = dir.path().join("out");
         std::fs::create_dir_all(&out).unwrap();
         let ctx = StageContext::new(
@@ -280,12 +309,13 @@ fn mean_over_frames_averages_each_band() {
 fn val_rows_must_match_the_segment_table() {
     let corpus = known_confusion();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scaled");
-    corpus.write_scaled(&path);
+    let (features, scaler) = (dir.path().join("features"), dir.path().join("scaler"));
+    corpus.write_features(&features);
+    corpus.write_identity_scaler(&scaler);
     let mut table = corpus.table();
     table.segments.retain(|s| s.id != "c1/v1#1");
-    let file = TensorFile::open(&path).unwrap();
-    let err = match read_split(&file, &path, &table, "val") {
+    let file = ScaledFeatures::open(&features, &scaler).unwrap();
+    let err = match read_split(&file, &table, "val") {
         Ok(_) => panic!("a row count mismatch was accepted"),
         Err(e) => e.to_string(),
     };

@@ -1,4 +1,4 @@
-//! Reading one split out of a per-split tensor file (`features`, `scaled`): the tensor `<split>`
+//! Reading one split out of a per-split tensor file (`features`): the tensor `<split>`
 //! (F32 [segments, n_mels, frames]) and `<split>_labels` (U32 [segments]), checked against the segment table,
 //! so that every stage reading such a file trusts rows and labels for the same reasons.
 

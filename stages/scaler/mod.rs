@@ -1,31 +1,31 @@
-//! Stage `scaler`: standardises log-mel features with statistics fitted on the train split only.
+//! Stage `scaler`: fits log-mel standardisation statistics on the train split only.
 //!
 //! The study used scikit-learn's `StandardScaler` on each segment's flattened 128 x 128 values: one mean and
 //! one standard deviation per (mel, frame) cell, population variance (ddof 0), a zero deviation replaced by 1.
 //! `mode: band` pools each mel band over all frames instead.
 //!
+//! The artifact is the fitted statistics only. Consumers standardise as they read, through
+//! [`crate::stages::common::scaled_reader`]: a scaled copy of the features would cost as much store as the
+//! features themselves (about 650 MB on real GTZAN), once per refit.
+//!
 //! Invariants:
-//! - Only train segments enter the fit; val and test are only transformed. The lineage names the exact fit
-//!   set (its tracks and a digest of its segment ids) so the leakage audit can check it.
+//! - Only train segments enter the fit; val and test are only checked for shape and labels, so the
+//!   statistics are known to apply to every split. The lineage names the exact fit set (its tracks and a
+//!   digest of its segment ids) so the leakage audit can check it.
 //! - Every statistic is a sequential f64 sum in segment order (then, for bands, in frame order). Parallel work
 //!   splits the *cells*, never the sum over segments, so the output bytes do not depend on the thread count.
-//! - The features file is read row by row through its memory map and the scaled file is written as a stream:
-//!   rows are held a batch at a time.
+//! - The features file is read row by row through its memory map: rows are held a batch at a time.
 //!
-//! Outputs:
-//! - `scaler`: tensors `mean` and `std` (F64, shape `[n_mels, frames]` per cell or `[n_mels]` per band) and
-//!   `count` (U32 `[1]`, the number of train segments fitted on).
-//! - `scaled`: the features file's layout unchanged (`train`, `val`, `test` F32 `[n, n_mels, frames]` and
-//!   `<split>_labels` U32 `[n]`), values `(x - mean) / std` computed in f64 and rounded once to f32.
+//! Output `scaler`: tensors `mean` and `std` (F64, shape `[n_mels, frames]` per cell or `[n_mels]` per band)
+//! and `count` (U32 `[1]`, the number of train segments fitted on). A stored std is never 0.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{Need, StageContext, StageError, StageKind, StageReport, TypedStage};
-use crate::stages::common::split_tensors::{open_split, SplitTensor};
+use crate::stages::common::split_tensors::open_split;
 use crate::stages::common::tables::{SegmentTable, SPLITS};
 use crate::stages::common::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
 
@@ -84,17 +84,6 @@ impl Fitted {
             Mode::Cell => cell,
             Mode::Band => cell / self.frames,
         }
-    }
-
-    /// Mean and std broadcast to every cell, so the hot loops index one way in both modes.
-    fn per_cell(&self) -> (Vec<f64>, Vec<f64>) {
-        let cells = self.n_mels * self.frames;
-        (0..cells)
-            .map(|c| {
-                let k = self.stat_index(c);
-                (self.mean[k], self.std[k])
-            })
-            .unzip()
     }
 
     /// The shape of the `mean`/`std` tensors.
@@ -253,53 +242,28 @@ where
     Ok(Fitted { std, ..partial })
 }
 
-/// `(x - mean) / std` per cell, in f64, rounded once to f32. `mean`/`std` are already broadcast per cell.
-fn scale_row(row: &[f32], mean: &[f64], std: &[f64]) -> Vec<f32> {
-    row.iter()
-        .zip(mean.iter().zip(std))
-        .map(|(&x, (&m, &s))| ((f64::from(x) - m) / s) as f32)
-        .collect()
-}
-
-/// One split of a features-format tensor file, checked against the segment table.
-struct SplitView<'a> {
-    name: &'static str,
-    values: Tensor<'a>,
-    labels: Vec<u32>,
-}
-
-/// Opens every split's tensors and checks shapes, dtypes, row counts and labels against `segments`.
-/// Returns the splits and the common `(n_mels, frames)`.
+/// Checks every split's tensors (shapes, dtypes, row counts, labels) against `segments` and that all splits
+/// share one segment shape, so the statistics fitted on train apply to each. Returns the train values and
+/// the common `(n_mels, frames)`.
 fn check_features<'a>(
     file: &'a TensorFile,
     path: &Path,
     segments: &SegmentTable,
-) -> Result<(Vec<SplitView<'a>>, usize, usize), StageError> {
-    let mut views = Vec::with_capacity(SPLITS.len());
-    let mut dims: Option<(usize, usize)> = None;
-    for split in SPLITS {
-        let SplitTensor { values, labels } = open_split(file, path, "features", segments, split)?;
-        let here = (values.shape[1], values.shape[2]);
-        if let Some(first) = dims {
-            if first != here {
-                return Err(StageError::bad_file(
-                    path,
-                    format!(
-                        "tensor `{split}` has segments of {} x {}, the train split {} x {}",
-                        here.0, here.1, first.0, first.1
-                    ),
-                ));
-            }
+) -> Result<(Tensor<'a>, usize, usize), StageError> {
+    let train = open_split(file, path, "features", segments, "train")?;
+    let (n_mels, frames) = train.dims();
+    for split in SPLITS.into_iter().filter(|&s| s != "train") {
+        let (m, f) = open_split(file, path, "features", segments, split)?.dims();
+        if (m, f) != (n_mels, frames) {
+            return Err(StageError::bad_file(
+                path,
+                format!(
+                    "tensor `{split}` has segments of {m} x {f}, the train split {n_mels} x {frames}"
+                ),
+            ));
         }
-        dims = Some(here);
-        views.push(SplitView {
-            name: split,
-            values,
-            labels,
-        });
     }
-    let (n_mels, frames) = dims.unwrap_or((0, 0));
-    Ok((views, n_mels, frames))
+    Ok((train.values, n_mels, frames))
 }
 
 /// The fit set as the leakage audit reads it.
@@ -321,12 +285,11 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     let features_path = ctx.input("features")?;
     let segments: SegmentTable = crate::stage::read_json(ctx.input("segments")?, "segments")?;
     let features = TensorFile::open(features_path)?;
-    let (splits, n_mels, frames) = check_features(&features, features_path, &segments)?;
-    let train = &splits[0];
+    let (train, n_mels, frames) = check_features(&features, features_path, &segments)?;
 
-    let n_train = train.values.rows();
+    let n_train = train.rows();
     let fit_bar = ctx.progress(2 * n_train as u64, "fit");
-    let read_train = |i: usize, buf: &mut Vec<f32>| train.values.row_f32_into(i, buf);
+    let read_train = |i: usize, buf: &mut Vec<f32>| train.row_f32_into(i, buf);
     let fitted = fit(n_train, n_mels, frames, params.mode, &read_train, &|k| {
         fit_bar.inc(k)
     })?;
@@ -353,45 +316,6 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     out.write_u32(&[count])?;
     out.finish()?;
 
-    let scaled_path = ctx.output_path("scaled")?;
-    let specs = splits
-        .iter()
-        .flat_map(|s| {
-            [
-                TensorSpec::new(s.name, Dtype::F32, s.values.shape.clone()),
-                TensorSpec::new(
-                    format!("{}_labels", s.name),
-                    Dtype::U32,
-                    vec![s.labels.len()],
-                ),
-            ]
-        })
-        .collect();
-    let mut out = TensorWriter::create(&scaled_path, specs)?;
-    let (cell_mean, cell_std) = fitted.per_cell();
-    let total: usize = splits.iter().map(|s| s.values.rows()).sum();
-    let apply_bar = ctx.progress(total as u64, "apply");
-    let mut applied_to = BTreeMap::new();
-    for split in &splits {
-        let n = split.values.rows();
-        let read = |i: usize, buf: &mut Vec<f32>| split.values.row_f32_into(i, buf);
-        for start in (0..n).step_by(BATCH_ROWS) {
-            let end = (start + BATCH_ROWS).min(n);
-            let scaled: Vec<Vec<f32>> = read_batch(&read, start, end)
-                .into_par_iter()
-                .map(|row| scale_row(&row, &cell_mean, &cell_std))
-                .collect();
-            for row in &scaled {
-                out.write_f32(row)?;
-            }
-            apply_bar.inc((end - start) as u64);
-        }
-        out.write_u32(&split.labels)?;
-        applied_to.insert(split.name, n);
-    }
-    out.finish()?;
-    apply_bar.finish_and_clear();
-
     let fit_set = fit_lineage(&segments);
     let n_tracks = fit_set["tracks"].as_array().map_or(0, Vec::len);
     let average = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
@@ -406,7 +330,6 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     Ok(StageReport {
         lineage: serde_json::json!({
             "fit_set": fit_set,
-            "applied_to": applied_to,
             "mode": params.mode.name(),
         }),
         summary: vec![summary],
@@ -418,9 +341,9 @@ const NEEDS: &[Need] = &[Need::one("features"), Need::one("segments")];
 pub fn kind() -> Box<dyn StageKind> {
     Box::new(TypedStage::<Params> {
         kind: "scaler",
-        about: "standardise log-mel features with statistics fitted on the train split only",
+        about: "fit log-mel standardisation statistics on the train split only (consumers apply them as they read)",
         needs: NEEDS,
-        outputs: &["scaler", "scaled"],
+        outputs: &["scaler"],
         code_dirs: &["scaler", "common"],
         run,
     })

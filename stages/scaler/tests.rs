@@ -1,5 +1,9 @@
 //! Tests for the `scaler` stage: exactness against a naive reference, zero-variance cells, thread-count
 //! independence, the fit set recorded in lineage, and input cross-checks.
+//!
+//! Also the contract between the scaler and every consumer: the reader in `common::scaled_reader` gives, bit
+//! for bit, the values of the scaled copy the scaler used to store (its writer is kept here as the
+//! reference), whatever the thread count, and the baseline's output is unchanged by reading through it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +13,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::*;
 use crate::stage::{local_inputs, write_canonical_json, StageContext};
+use crate::stages::common::scaled_reader::{ScaledFeatures, ScalerStats, BATCH_ROWS as READ_ROWS};
 use crate::stages::common::tables::{Segment, SegmentTable};
 
 const MELS: usize = 4;
@@ -119,7 +124,7 @@ impl Fixture {
             inputs,
             None,
             out_dir.clone(),
-            vec!["scaler", "scaled"],
+            vec!["scaler"],
         );
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -245,8 +250,9 @@ fn zero_variance_cells_get_unit_std_and_scale_to_zero() {
         .all(|(c, &s)| c == 5 || s != 1.0));
 
     let (_, out) = fx.run(&Params::default(), 1, "out").unwrap();
-    let scaled = TensorFile::open(&out.join("scaled")).unwrap();
-    let val = scaled.tensor("val").unwrap().to_f32();
+    let reader =
+        ScaledFeatures::open(&fx.dir.path().join("features"), &out.join("scaler")).unwrap();
+    let val = read_all(&reader, &fx.listed, "val");
     assert!(val.chunks(cells).all(|row| row[5] == 0.0));
 }
 
@@ -263,25 +269,28 @@ fn scaled_values_use_train_statistics_on_every_split() {
     assert_eq!(stats.tensor("std").unwrap().to_f64(), fitted.std);
     assert_eq!(stats.tensor("count").unwrap().to_u32(), vec![24]);
 
-    let scaled = TensorFile::open(&out.join("scaled")).unwrap();
+    let reader =
+        ScaledFeatures::open(&fx.dir.path().join("features"), &out.join("scaler")).unwrap();
     let cells = MELS * FRAMES;
     for split in SPLITS {
-        let t = scaled.tensor(split).unwrap();
+        let rows = reader.split(&fx.listed, split).unwrap();
         let input = &fx.values[split];
-        assert_eq!(t.shape, vec![input.len() / cells, MELS, FRAMES]);
-        for (k, (&y, &x)) in t.to_f32().iter().zip(input).enumerate() {
+        assert_eq!(rows.rows(), input.len() / cells);
+        assert_eq!(rows.dims(), (MELS, FRAMES));
+        for (k, (&y, &x)) in read_all(&reader, &fx.listed, split)
+            .iter()
+            .zip(input)
+            .enumerate()
+        {
             let c = k % cells;
             let expected = ((f64::from(x) - fitted.mean[c]) / fitted.std[c]) as f32;
             assert_eq!(y, expected, "{split} value {k}");
         }
         let labels: Vec<u32> = fx.table.of_split(split).map(|s| s.label).collect();
-        assert_eq!(
-            scaled.tensor(&format!("{split}_labels")).unwrap().to_u32(),
-            labels
-        );
+        assert_eq!(rows.labels(), labels);
     }
     // Standardised train data: each cell has mean 0 and population std 1.
-    let train = scaled.tensor("train").unwrap().to_f32();
+    let train = read_all(&reader, &fx.listed, "train");
     for c in 0..cells {
         let col: Vec<f64> = train.chunks(cells).map(|r| f64::from(r[c])).collect();
         let m = col.iter().sum::<f64>() / col.len() as f64;
@@ -305,12 +314,15 @@ fn outputs_are_byte_identical_across_thread_counts() {
         let (r4, four) = fx
             .run(&params, 4, &format!("four-{}", mode.name()))
             .unwrap();
-        for name in ["scaler", "scaled"] {
-            let a = std::fs::read(one.join(name)).unwrap();
-            let b = std::fs::read(four.join(name)).unwrap();
-            assert!(!a.is_empty());
-            assert_eq!(a, b, "{name} differs between 1 and 4 threads ({mode:?})");
-        }
+        let a = std::fs::read(one.join("scaler")).unwrap();
+        let b = std::fs::read(four.join("scaler")).unwrap();
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "scaler differs between 1 and 4 threads ({mode:?})");
+        assert_eq!(
+            std::fs::read_dir(&one).unwrap().count(),
+            1,
+            "only `scaler` is written"
+        );
         assert_eq!(r1.lineage, r4.lineage);
         assert_eq!(r1.summary, r4.summary);
     }
@@ -333,10 +345,8 @@ fn lineage_names_the_exact_fit_set() {
         lineage["fit_set"]["segment_ids_digest"],
         blake3::hash(ids.as_bytes()).to_hex().to_string()
     );
-    assert_eq!(
-        lineage["applied_to"],
-        serde_json::json!({"train": 6, "val": 4, "test": 2})
-    );
+    // The scaler applies its statistics to nothing itself: consumers record what they read.
+    assert!(lineage.get("applied_to").is_none());
     assert!(report.summary[0].contains("(per band)"));
 }
 
@@ -417,4 +427,275 @@ fn params_default_to_cell_and_reject_unknown_keys() {
         canon("mdoe: band").unwrap_err().key.as_deref(),
         Some("mdoe")
     );
+}
+
+/// Every standardised value of `split`, row after row, read batch by batch.
+fn read_all(reader: &ScaledFeatures, table: &SegmentTable, split: &str) -> Vec<f32> {
+    let rows = reader.split(table, split).unwrap();
+    let mut out = Vec::new();
+    for batch in rows.batches() {
+        assert_eq!(batch.start * rows.row_len(), out.len(), "batches in order");
+        assert!(!batch.is_empty() && batch.len() <= READ_ROWS);
+        let by_row: Vec<f32> = (0..batch.len())
+            .flat_map(|k| batch.row(k).to_vec())
+            .collect();
+        assert_eq!(bits(&by_row), bits(batch.values()));
+        out.extend_from_slice(batch.values());
+    }
+    assert_eq!(out.len(), rows.rows() * rows.row_len());
+    out
+}
+
+/// The statistics a `scaler` artifact holds, as the fit returned them.
+fn stored_fit(path: &Path) -> Fitted {
+    let stats = ScalerStats::read(path).unwrap();
+    Fitted {
+        mode: if stats.shape.len() == 2 {
+            Mode::Cell
+        } else {
+            Mode::Band
+        },
+        n_mels: MELS,
+        frames: FRAMES,
+        count: stats.count as usize,
+        mean: stats.mean,
+        std: stats.std,
+    }
+}
+
+/// The scaler's former `scaled` output, written exactly as the stage wrote it before consumers read through
+/// `scaled_reader`: the features file's layout, values `(x - mean) / std` in f64 rounded once to f32. The
+/// reference the reader must match bit for bit.
+fn write_scaled_copy(features: &Path, fitted: &Fitted, out: &Path) {
+    let file = TensorFile::open(features).unwrap();
+    let cells = fitted.n_mels * fitted.frames;
+    let (mean, std): (Vec<f64>, Vec<f64>) = (0..cells)
+        .map(|c| {
+            let k = fitted.stat_index(c);
+            (fitted.mean[k], fitted.std[k])
+        })
+        .unzip();
+    let specs = SPLITS
+        .iter()
+        .flat_map(|&split| {
+            let t = file.tensor(split).unwrap();
+            [
+                TensorSpec::new(split, Dtype::F32, t.shape.clone()),
+                TensorSpec::new(format!("{split}_labels"), Dtype::U32, vec![t.rows()]),
+            ]
+        })
+        .collect();
+    let mut w = TensorWriter::create(out, specs).unwrap();
+    let mut row = Vec::new();
+    for split in SPLITS {
+        let t = file.tensor(split).unwrap();
+        for i in 0..t.rows() {
+            t.row_f32_into(i, &mut row);
+            let scaled: Vec<f32> = row
+                .iter()
+                .zip(mean.iter().zip(&std))
+                .map(|(&x, (&m, &s))| ((f64::from(x) - m) / s) as f32)
+                .collect();
+            w.write_f32(&scaled).unwrap();
+        }
+        let labels = file.tensor(&format!("{split}_labels")).unwrap().to_u32();
+        w.write_u32(&labels).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// A `scaler` artifact with the given statistics.
+fn write_stats(path: &Path, shape: Vec<usize>, mean: &[f64], std: &[f64]) {
+    let mut w = TensorWriter::create(
+        path,
+        vec![
+            TensorSpec::new("mean", Dtype::F64, shape.clone()),
+            TensorSpec::new("std", Dtype::F64, shape),
+            TensorSpec::new("count", Dtype::U32, vec![1]),
+        ],
+    )
+    .unwrap();
+    w.write_f64(mean).unwrap();
+    w.write_f64(std).unwrap();
+    w.write_u32(&[1]).unwrap();
+    w.finish().unwrap();
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn the_reader_gives_exactly_the_former_scaled_copy_on_every_split() {
+    // 80, 70 and 66 rows: every split crosses a batch boundary.
+    let fx = Fixture::new([40, 35, 33], 2, 13);
+    let features = fx.dir.path().join("features");
+    for mode in [Mode::Cell, Mode::Band] {
+        let (_, out) = fx.run(&Params { mode }, 2, mode.name()).unwrap();
+        let fitted = stored_fit(&out.join("scaler"));
+        assert_eq!(fitted, fit_values(&fx.values["train"], mode));
+        let copy_path = out.join("scaled-copy");
+        write_scaled_copy(&features, &fitted, &copy_path);
+        let copy = TensorFile::open(&copy_path).unwrap();
+
+        let reader = ScaledFeatures::open(&features, &out.join("scaler")).unwrap();
+        for split in SPLITS {
+            let expected = copy.tensor(split).unwrap().to_f32();
+            let streamed = read_all(&reader, &fx.listed, split);
+            assert_eq!(bits(&streamed), bits(&expected), "{split} ({mode:?})");
+
+            // Random access and the row map give the same bits as the stream.
+            let rows = reader.split(&fx.listed, split).unwrap();
+            let (mut raw, mut row) = (Vec::new(), Vec::new());
+            for i in (0..rows.rows()).rev() {
+                rows.row_into(i, &mut raw, &mut row);
+                let want = &expected[i * rows.row_len()..(i + 1) * rows.row_len()];
+                assert_eq!(bits(&row), bits(want), "{split} row {i} ({mode:?})");
+            }
+            let mapped: Vec<f32> = rows.map_rows(<[f32]>::to_vec).concat();
+            assert_eq!(
+                bits(&mapped),
+                bits(&expected),
+                "{split} map_rows ({mode:?})"
+            );
+            let labels = copy.tensor(&format!("{split}_labels")).unwrap().to_u32();
+            assert_eq!(rows.labels(), labels);
+        }
+    }
+}
+
+#[test]
+fn the_reader_is_byte_identical_across_thread_counts() {
+    let fx = Fixture::new([70, 40, 5], 2, 14);
+    let features = fx.dir.path().join("features");
+    for mode in [Mode::Cell, Mode::Band] {
+        let (_, out) = fx.run(&Params { mode }, 1, mode.name()).unwrap();
+        let read_with = |threads: usize| -> Vec<u8> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let reader = ScaledFeatures::open(&features, &out.join("scaler")).unwrap();
+                let mut bytes = Vec::new();
+                for split in SPLITS {
+                    for v in read_all(&reader, &fx.listed, split) {
+                        bytes.extend_from_slice(&v.to_le_bytes());
+                    }
+                    let rows = reader.split(&fx.listed, split).unwrap();
+                    for sum in rows.map_rows(|r| r.iter().map(|&x| f64::from(x)).sum::<f64>()) {
+                        bytes.extend_from_slice(&sum.to_le_bytes());
+                    }
+                }
+                bytes
+            })
+        };
+        let one = read_with(1);
+        assert!(!one.is_empty());
+        assert_eq!(one, read_with(4), "{mode:?}");
+    }
+}
+
+/// Runs the `baseline` stage kind on the given inputs; returns its summary, lineage and output bytes.
+fn run_baseline(
+    dir: &Path,
+    features: PathBuf,
+    scaler: PathBuf,
+    segments: PathBuf,
+) -> (Vec<String>, serde_json::Value, Vec<u8>) {
+    let stage = crate::stages::baseline::kind();
+    let params = stage.canonical_params(&serde_yaml::Value::Null).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let inputs = local_inputs([
+        ("features", features),
+        ("scaler", scaler),
+        ("segments", segments),
+    ]);
+    let ctx = StageContext::new(
+        "baseline",
+        [0; 32],
+        2,
+        inputs,
+        None,
+        dir.to_path_buf(),
+        vec!["baseline"],
+    );
+    let report = stage.run(&params, &ctx).unwrap();
+    let bytes = std::fs::read(dir.join("baseline")).unwrap();
+    (report.summary, report.lineage, bytes)
+}
+
+#[test]
+fn the_baseline_reads_the_same_values_as_from_the_former_scaled_copy() {
+    let fx = Fixture::new([40, 12, 6], 3, 15);
+    let (_, out) = fx.run(&Params::default(), 2, "out").unwrap();
+    let features = fx.dir.path().join("features");
+    let segments = fx.dir.path().join("segments");
+    let copy = out.join("scaled-copy");
+    write_scaled_copy(&features, &stored_fit(&out.join("scaler")), &copy);
+    // The former path: the baseline read the scaled copy as it was. An identity scaler (mean 0, std 1) hands
+    // the copy's values through unchanged, which the first assertion checks.
+    let identity = out.join("identity");
+    let cells = MELS * FRAMES;
+    write_stats(
+        &identity,
+        vec![MELS, FRAMES],
+        &vec![0.0; cells],
+        &vec![1.0; cells],
+    );
+    let through = ScaledFeatures::open(&copy, &identity).unwrap();
+    let copied = TensorFile::open(&copy).unwrap();
+    for split in SPLITS {
+        let stored = copied.tensor(split).unwrap().to_f32();
+        assert_eq!(bits(&read_all(&through, &fx.listed, split)), bits(&stored));
+    }
+
+    let former = run_baseline(&out.join("former"), copy, identity, segments.clone());
+    let now = run_baseline(&out.join("now"), features, out.join("scaler"), segments);
+    assert_eq!(now.2, former.2, "baseline bytes differ");
+    assert_eq!(now.1, former.1);
+    assert_eq!(now.0, former.0);
+}
+
+#[test]
+fn the_reader_refuses_statistics_that_do_not_fit_or_are_damaged() {
+    let fx = Fixture::new([3, 2, 1], 1, 16);
+    let (_, out) = fx.run(&Params::default(), 1, "out").unwrap();
+    let features = fx.dir.path().join("features");
+    let stats = out.join("odd");
+    let cells = MELS * FRAMES;
+
+    write_stats(
+        &stats,
+        vec![MELS, FRAMES + 1],
+        &vec![0.0; cells + MELS],
+        &vec![1.0; cells + MELS],
+    );
+    let reader = ScaledFeatures::open(&features, &stats).unwrap();
+    let err = match reader.split(&fx.listed, "val") {
+        Ok(_) => panic!("statistics of another shape were accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("statistics of shape [4, 4] do not fit the features' val segments of 4 x 3"),
+        "{err}"
+    );
+
+    let mut std = vec![1.0; cells];
+    std[3] = 0.0;
+    write_stats(&stats, vec![MELS, FRAMES], &vec![0.0; cells], &std);
+    let err = ScaledFeatures::open(&features, &stats)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("std 3 is 0, not a positive number"), "{err}");
+
+    let mut mean = vec![0.0; cells];
+    mean[7] = f64::NAN;
+    write_stats(&stats, vec![MELS, FRAMES], &mean, &vec![1.0; cells]);
+    let err = ScaledFeatures::open(&features, &stats)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("mean 7 is NaN, not a finite number"), "{err}");
 }
