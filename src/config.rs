@@ -60,6 +60,8 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 struct RawPipeline {
     dataset: RawDataset,
     #[serde(default)]
+    exec: crate::exec::ExecConfig,
+    #[serde(default)]
     stages: Vec<RawStage>,
 }
 
@@ -82,6 +84,8 @@ struct RawStage {
     inputs: Vec<String>,
     #[serde(default)]
     params: serde_yaml::Value,
+    #[serde(default)]
+    exec: crate::exec::ExecConfig,
 }
 
 /// The dataset section, with `root` resolved against the config file's folder.
@@ -103,6 +107,8 @@ pub struct StageConfig {
     pub kind: String,
     pub inputs: Vec<String>,
     pub params: serde_yaml::Value,
+    /// This stage's `exec:` block over the global one (see `exec.rs`): run settings, never in a key.
+    pub exec: crate::exec::ExecConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +116,8 @@ pub struct Pipeline {
     pub path: PathBuf,
     pub source: String,
     pub dataset: DatasetConfig,
+    /// The global `exec:` block.
+    pub exec: crate::exec::ExecConfig,
     pub stages: Vec<StageConfig>,
 }
 
@@ -142,7 +150,9 @@ impl Pipeline {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let root = base.join(&raw.dataset.root);
+        let global_exec = raw.exec.clone();
         Ok(Pipeline {
+            exec: raw.exec,
             path: path.to_path_buf(),
             dataset: DatasetConfig {
                 root_as_written: raw.dataset.root,
@@ -158,6 +168,7 @@ impl Pipeline {
                     kind: s.kind,
                     inputs: s.inputs,
                     params: s.params,
+                    exec: s.exec.over(&global_exec),
                 })
                 .collect(),
             source,

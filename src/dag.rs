@@ -18,6 +18,8 @@ pub struct Node<'r> {
     pub params: serde_json::Value,
     /// Needed artifact name -> the input stages providing it, in `inputs` order.
     pub sources: BTreeMap<String, Vec<String>>,
+    /// Run settings (never in the key); threads default to `run -j` when the block leaves them out.
+    pub exec: crate::exec::ExecConfig,
 }
 
 pub struct Dag<'r> {
@@ -173,12 +175,21 @@ impl<'r> Dag<'r> {
                 }
                 sources.insert(need.artifact.to_string(), providers);
             }
+            for (key, problem) in stage.exec.resolve(1).err().unwrap_or_default() {
+                errors.push(loc.error(
+                    &stage.name,
+                    0,
+                    Some(key),
+                    format!("stage `{}`: exec.{key}: {problem}", stage.name),
+                ));
+            }
             nodes.push(Node {
                 name: stage.name.clone(),
                 kind: kind.as_ref(),
                 inputs: stage.inputs.clone(),
                 params,
                 sources,
+                exec: stage.exec.clone(),
             });
         }
 

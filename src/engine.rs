@@ -17,7 +17,7 @@ use crate::lock::{DatasetEntry, LockError, LockFile, StageEntry};
 use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo, ParamFileInfo};
 use crate::rawinput::{hash_dataset, RawInputError, StatCache};
 use crate::reason::{diff, recorded_input_order, StaleReason};
-use crate::stage::{DatasetView, InputArtifact, StageContext, DATASET};
+use crate::stage::{DatasetView, Determinism, InputArtifact, StageContext, DATASET};
 use crate::store::{ActionRecord, Lookup, ObjectState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -963,6 +963,13 @@ fn execute(
     }
     let wants_dataset = node.inputs.iter().any(|i| i == DATASET);
     let outputs: Vec<&'static str> = node.kind.outputs().to_vec();
+    let exec = node.exec.resolve(jobs).map_err(|errors| {
+        errors
+            .iter()
+            .map(|(key, problem)| format!("exec.{key}: {problem}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
     let ctx = StageContext::new(
         node.name.clone(),
         planned.seed,
@@ -977,14 +984,27 @@ fn execute(
         outputs.clone(),
     )
     .with_param_files(param_files)
+    .with_exec(exec.clone())
     .with_progress(multi.clone());
 
     let started = Instant::now();
     tracing::info!(stage = %node.name, key = %short(&planned.key), "running");
-    let report = node
-        .kind
-        .run(&node.params, &ctx)
-        .map_err(|e| format!("stage `{}` ({}): {e}", node.name, node.kind.kind()))?;
+    let run_stage = || {
+        node.kind
+            .run(&node.params, &ctx)
+            .map_err(|e| format!("stage `{}` ({}): {e}", node.name, node.kind.kind()))
+    };
+    // A stage whose `exec.threads` differs from `-j` gets a pool of its own size: its rayon work must see
+    // the budget it was given, whatever else runs beside it.
+    let report = if exec.threads == jobs {
+        run_stage()?
+    } else {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(exec.threads)
+            .build()
+            .map_err(|e| format!("cannot start {} worker threads: {e}", exec.threads))?
+            .install(run_stage)?
+    };
     let seconds = started.elapsed().as_secs_f64();
 
     let mut published = BTreeMap::new();
@@ -1049,8 +1069,11 @@ fn execute(
             .collect(),
     };
     // Only an intact earlier result can contradict this one; a broken one was set aside and is replaced.
+    // A kind of class `tolerance` may legitimately differ in its last bits (a GPU's reduction order): the
+    // new result replaces the old one instead of being called nondeterministic.
+    let exact = node.kind.determinism() == Determinism::Exact;
     if let Lookup::Hit(old) = previous {
-        if old.outputs != record.outputs {
+        if exact && old.outputs != record.outputs {
             return Err(format!(
                 "stage `{}` is not deterministic: key {} produced different outputs than before ({}); \
                  the earlier result is kept",
@@ -1069,7 +1092,9 @@ fn execute(
     let stats = serde_json::json!({
         "stage": node.name,
         "seconds": seconds,
-        "threads": jobs,
+        "threads": exec.threads,
+        "device": exec.device,
+        "memory_bytes": exec.memory_bytes,
         "finished_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "host": std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(),
     });

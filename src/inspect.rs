@@ -12,6 +12,7 @@ use crate::engine::{EngineError, Project};
 use crate::hashing::{short, Digest};
 use crate::lock::LockFile;
 use crate::manifest::Manifest;
+use crate::stage::Determinism;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LineageNode {
@@ -293,7 +294,7 @@ pub fn verify_rerun(
     pipeline: &crate::config::Pipeline,
     dag: &crate::dag::Dag,
     jobs: usize,
-) -> Result<(usize, Vec<VerifyProblem>), EngineError> {
+) -> Result<RerunReport, EngineError> {
     let lock = LockFile::load(&project.lock_path)?;
     let scratch = project
         .store
@@ -325,11 +326,26 @@ pub fn verify_rerun(
         });
     }
     let mut compared = 0;
-    for (stage, entry) in &lock.stages {
-        let Some(again) = rerun_lock.stages.get(stage) else {
+    let mut differ_within_class = Vec::new();
+    // Stages whose re-run legitimately differs (a `tolerance` class output, or anything computed from one):
+    // their descendants get other keys, which is no sign of a stale lock.
+    let mut tolerated: BTreeSet<String> = BTreeSet::new();
+    for &idx in &dag.order {
+        let node = &dag.nodes[idx];
+        let stage = &node.name;
+        let (Some(entry), Some(again)) = (lock.stages.get(stage), rerun_lock.stages.get(stage))
+        else {
             continue;
         };
+        let from_tolerated = entry.inputs.keys().find(|input| tolerated.contains(*input));
         if again.key != entry.key {
+            if let Some(input) = from_tolerated {
+                differ_within_class.push(format!(
+                    "{stage}: computed from `{input}`, whose output differs as its class allows"
+                ));
+                tolerated.insert(stage.clone());
+                continue;
+            }
             problems.push(VerifyProblem {
                 stage: stage.clone(),
                 artifact: "key".into(),
@@ -341,10 +357,16 @@ pub fn verify_rerun(
             });
             continue;
         }
+        let tolerant = node.kind.determinism() == Determinism::Tolerance;
         for (name, digest) in &entry.outputs {
             compared += 1;
             let now = again.outputs.get(name).cloned().unwrap_or_default();
-            if &now != digest {
+            if &now != digest && tolerant {
+                differ_within_class.push(format!(
+                    "{stage}: output `{name}` differs bit for bit, as its stage kind's `tolerance` class allows"
+                ));
+                tolerated.insert(stage.clone());
+            } else if &now != digest {
                 problems.push(VerifyProblem {
                     stage: stage.clone(),
                     artifact: format!("output `{name}`"),
@@ -354,7 +376,20 @@ pub fn verify_rerun(
             }
         }
     }
-    Ok((compared, problems))
+    Ok(RerunReport {
+        compared,
+        problems,
+        differ_within_class,
+    })
+}
+
+/// What `verify --rerun` found.
+pub struct RerunReport {
+    /// Outputs compared with pipeline.lock.
+    pub compared: usize,
+    pub problems: Vec<VerifyProblem>,
+    /// Outputs of `tolerance`-class stages that differ bit for bit, as their kind allows.
+    pub differ_within_class: Vec<String>,
 }
 
 pub struct GcReport {

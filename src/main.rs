@@ -323,10 +323,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut rerun_compared = None;
             if rerun {
                 prepare_dataset(&pipeline)?;
-                let (compared, more) =
-                    inspect::verify_rerun(&project, &pipeline, &dag, jobs_or_cpus(jobs)?)?;
-                rerun_compared = Some(compared);
-                problems.extend(more);
+                let report = inspect::verify_rerun(&project, &pipeline, &dag, jobs_or_cpus(jobs)?)?;
+                rerun_compared = Some(report.compared);
+                problems.extend(report.problems);
+                for note in &report.differ_within_class {
+                    println!("{note}");
+                }
             }
             for p in &problems {
                 println!("{p}");

@@ -224,6 +224,51 @@ pub struct ParamFile {
     pub path: String,
 }
 
+/// Where a stage computes. Chosen by the run settings (`exec.device`), never part of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(into = "String")]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+}
+
+impl From<Device> for String {
+    fn from(device: Device) -> String {
+        match device {
+            Device::Cpu => "cpu".into(),
+            Device::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+}
+
+/// How a stage is run (threads, device, a memory hint): outside its key, recorded in its run stats.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExecSettings {
+    pub threads: usize,
+    pub device: Device,
+    pub memory_bytes: Option<u64>,
+}
+
+impl Default for ExecSettings {
+    fn default() -> Self {
+        ExecSettings {
+            threads: 1,
+            device: Device::Cpu,
+            memory_bytes: None,
+        }
+    }
+}
+
+/// What a stage kind promises about its output bytes, and so how a re-run is compared with a stored result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Determinism {
+    /// Same key, same bytes, on any thread count: a re-run that differs is a bug (`verify --rerun` fails).
+    Exact,
+    /// Same key, equal within the kind's tolerance (a GPU's reduction order): a re-run that differs is
+    /// reported, not called corrupt or nondeterministic.
+    Tolerance,
+}
+
 /// Progress reporting for long loops; hidden when stderr is not a terminal.
 pub type Progress = indicatif::ProgressBar;
 
@@ -237,6 +282,7 @@ pub struct StageContext {
     out_dir: PathBuf,
     outputs: Vec<&'static str>,
     files: BTreeMap<String, PathBuf>,
+    exec: ExecSettings,
     progress: indicatif::MultiProgress,
 }
 
@@ -260,6 +306,10 @@ impl StageContext {
             out_dir,
             outputs,
             files: BTreeMap::new(),
+            exec: ExecSettings {
+                threads: threads.max(1),
+                ..ExecSettings::default()
+            },
             progress: indicatif::MultiProgress::with_draw_target(
                 indicatif::ProgressDrawTarget::hidden(),
             ),
@@ -269,6 +319,19 @@ impl StageContext {
     pub fn with_progress(mut self, progress: indicatif::MultiProgress) -> Self {
         self.progress = progress;
         self
+    }
+
+    /// The run settings (threads, device, memory hint) this stage runs with; `threads` overrides the one
+    /// given to [`StageContext::new`].
+    pub fn with_exec(mut self, exec: ExecSettings) -> Self {
+        self.threads = exec.threads.max(1);
+        self.exec = exec;
+        self
+    }
+
+    /// Where to compute and how much memory to plan for; never part of the key.
+    pub fn exec(&self) -> &ExecSettings {
+        &self.exec
     }
 
     /// The files this stage's params name ([`ParamFile`]), by dotted param path.
@@ -367,6 +430,10 @@ pub trait StageKind: Send + Sync {
     fn outputs(&self) -> &'static [&'static str];
     /// `stages/` folders whose sources make up this kind's code fingerprint.
     fn code_dirs(&self) -> &'static [&'static str];
+    /// How equal a re-run's outputs must be to a stored result's; see [`Determinism`].
+    fn determinism(&self) -> Determinism {
+        Determinism::Exact
+    }
     /// Files named by the (canonical) params that the stage reads; see [`ParamFile`].
     fn param_files(&self, _params: &serde_json::Value) -> Vec<ParamFile> {
         Vec::new()

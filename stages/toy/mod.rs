@@ -7,7 +7,9 @@ use std::time::Duration;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{Need, StageContext, StageError, StageKind, StageReport, TypedStage};
+use crate::stage::{
+    Determinism, Need, StageContext, StageError, StageKind, StageReport, TypedStage,
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,6 +110,59 @@ fn map(params: &MapParams, ctx: &StageContext) -> Result<StageReport, StageError
     })
 }
 
+/// Writes its input's digest plus bytes that differ on every run (the clock): a stand-in for a GPU stage whose
+/// last bits depend on reduction order, declared `tolerance` so that the engine compares it by its class.
+fn jitter(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, StageError> {
+    let path = ctx.output_path("data")?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::fs::write(&path, format!("{nanos} {}\n", ctx.exec().threads))
+        .map_err(|e| StageError::io(&path, e))?;
+    Ok(StageReport::default())
+}
+
+/// A kind that declares the `tolerance` determinism class around a typed stage.
+struct Tolerant<P>(TypedStage<P>);
+
+impl<P> StageKind for Tolerant<P>
+where
+    P: serde::de::DeserializeOwned + Serialize + Send + Sync + 'static,
+{
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn about(&self) -> &'static str {
+        self.0.about()
+    }
+    fn needs(&self) -> &'static [Need] {
+        self.0.needs()
+    }
+    fn outputs(&self) -> &'static [&'static str] {
+        self.0.outputs()
+    }
+    fn code_dirs(&self) -> &'static [&'static str] {
+        self.0.code_dirs()
+    }
+    fn determinism(&self) -> Determinism {
+        Determinism::Tolerance
+    }
+    fn canonical_params(
+        &self,
+        raw: &serde_yaml::Value,
+    ) -> Result<serde_json::Value, crate::stage::ParamError> {
+        self.0.canonical_params(raw)
+    }
+    fn run(
+        &self,
+        params: &serde_json::Value,
+        ctx: &StageContext,
+    ) -> Result<StageReport, StageError> {
+        self.0.run(params, ctx)
+    }
+}
+
 const SCAN_NEEDS: &[Need] = &[Need::one("dataset")];
 const MAP_NEEDS: &[Need] = &[Need::many("data")];
 
@@ -137,5 +192,13 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             code_dirs: &["toy"],
             run: map,
         }),
+        Box::new(Tolerant(TypedStage::<ScanParams> {
+            kind: "toy_jitter",
+            about: "writes the clock: differs on every run, declared `tolerance` (engine tests)",
+            needs: &[],
+            outputs: &["data"],
+            code_dirs: &["toy"],
+            run: jitter,
+        })),
     ]
 }
