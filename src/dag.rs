@@ -351,7 +351,11 @@ fn provides(
         .iter()
         .find(|s| s.name == name)
         .and_then(|s| registry.iter().find(|k| k.kind() == s.kind))
-        .is_some_and(|k| k.outputs().contains(&artifact))
+        .is_some_and(|k| {
+            k.outputs()
+                .iter()
+                .any(|o| crate::stage::output_name(o) == artifact)
+        })
 }
 
 /// Kahn's algorithm, always taking the earliest-declared ready stage, so the order is stable. On a cycle,

@@ -17,7 +17,9 @@ use crate::lock::{DatasetEntry, LockError, LockFile, StageEntry};
 use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo, ParamFileInfo};
 use crate::rawinput::{hash_dataset, RawInputError, StatCache};
 use crate::reason::{diff, recorded_input_order, StaleReason};
-use crate::stage::{DatasetView, Determinism, InputArtifact, StageContext, DATASET};
+use crate::stage::{
+    is_folder_output, output_name, DatasetView, Determinism, InputArtifact, StageContext, DATASET,
+};
 use crate::store::{ActionRecord, Lookup, ObjectState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -922,26 +924,49 @@ fn execute(
                 .and_then(|r| r.outputs.get(artifact))
                 .ok_or_else(|| format!("input `{artifact}` from `{provider}` is not available"))?;
             // Checked again right before use: a stage must never compute on bytes its key does not name.
-            match store.object_state(digest).map_err(|e| e.to_string())? {
-                ObjectState::Intact => {}
-                state => {
-                    let moved = store.quarantine_object(digest).map_err(|e| e.to_string())?;
-                    return Err(format!(
-                        "input `{artifact}` from `{provider}` ({}) is {} in the store{}; run again to recompute it",
-                        short(digest),
-                        if state == ObjectState::Missing { "missing" } else { "corrupt" },
-                        moved
-                            .map(|to| format!(" (moved to {})", to.display()))
-                            .unwrap_or_default()
-                    ));
-                }
+            let folder = upstream
+                .get(provider)
+                .is_some_and(|r| r.folders.contains(artifact));
+            let bad = if folder {
+                store.tree_problems(artifact, digest)
+            } else {
+                store.object_state(digest).map(|state| {
+                    (state != ObjectState::Intact)
+                        .then(|| crate::store::BadObject {
+                            name: artifact.clone(),
+                            digest: digest.clone(),
+                            state,
+                        })
+                        .into_iter()
+                        .collect()
+                })
             }
+            .map_err(|e| e.to_string())?;
+            if let Some(first) = bad.first() {
+                let moved = store
+                    .quarantine_object(&first.digest)
+                    .map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "input `{}` from `{provider}` ({}) is {} in the store{}; run again to recompute it",
+                    first.name,
+                    short(&first.digest),
+                    if first.state == ObjectState::Missing { "missing" } else { "corrupt" },
+                    moved
+                        .map(|to| format!(" (moved to {})", to.display()))
+                        .unwrap_or_default()
+                ));
+            }
+            let path = if folder {
+                store.materialize_tree(digest).map_err(|e| e.to_string())?
+            } else {
+                store.object_path(digest)
+            };
             inputs
                 .entry(artifact.clone())
                 .or_default()
                 .push(InputArtifact {
                     stage: provider.clone(),
-                    path: store.object_path(digest),
+                    path,
                     digest: digest.clone(),
                 });
         }
@@ -963,6 +988,10 @@ fn execute(
     }
     let wants_dataset = node.inputs.iter().any(|i| i == DATASET);
     let outputs: Vec<&'static str> = node.kind.outputs().to_vec();
+    for declared in outputs.iter().filter(|o| is_folder_output(o)) {
+        let dir = lock.scratch.join(output_name(declared));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let exec = node.exec.resolve(jobs).map_err(|errors| {
         errors
             .iter()
@@ -1008,16 +1037,33 @@ fn execute(
     let seconds = started.elapsed().as_secs_f64();
 
     let mut published = BTreeMap::new();
-    for name in &outputs {
+    let mut folders = std::collections::BTreeSet::new();
+    for declared in &outputs {
+        let name = output_name(declared);
         let path = lock.scratch.join(name);
-        if !path.is_file() {
+        let folder = is_folder_output(declared);
+        if (folder && !path.is_dir()) || (!folder && !path.is_file()) {
             return Err(format!(
-                "stage `{}` finished without writing its output `{name}`",
-                node.name
+                "stage `{}` finished without writing its output `{name}`{}",
+                node.name,
+                if folder { " (a folder)" } else { "" }
             ));
         }
-        let (digest, bytes) = store.put_file(&path).map_err(|e| e.to_string())?;
-        published.insert(name.to_string(), OutputInfo { digest, bytes });
+        let (digest, bytes) = if folder {
+            folders.insert(name.to_string());
+            store.put_tree(&path)
+        } else {
+            store.put_file(&path)
+        }
+        .map_err(|e| e.to_string())?;
+        published.insert(
+            name.to_string(),
+            OutputInfo {
+                digest,
+                bytes,
+                folder,
+            },
+        );
     }
     let manifest_inputs = node
         .inputs
@@ -1067,6 +1113,7 @@ fn execute(
             .iter()
             .map(|(k, v)| (k.clone(), v.digest.clone()))
             .collect(),
+        folders,
     };
     // Only an intact earlier result can contradict this one; a broken one was set aside and is replaced.
     // A kind of class `tolerance` may legitimately differ in its last bits (a GPU's reduction order): the

@@ -245,16 +245,36 @@ pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineEr
         });
     }
     for (stage, entry) in &lock.stages {
-        let objects = entry
-            .outputs
-            .iter()
-            .map(|(k, v)| (format!("output `{k}`"), v))
-            .chain([("manifest".to_string(), &entry.manifest)]);
+        // A folder output is its tree object plus every file the tree names; the manifest says which
+        // outputs are folders (an unreadable manifest is reported below, and its folders as plain objects).
+        let folders: BTreeSet<String> = load_manifest(project, &entry.manifest)
+            .map(|m| {
+                m.outputs
+                    .into_iter()
+                    .filter(|(_, o)| o.folder)
+                    .map(|(k, _)| k)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut objects: Vec<(String, Digest)> = Vec::new();
+        for (name, digest) in &entry.outputs {
+            objects.push((format!("output `{name}`"), digest.clone()));
+            if folders.contains(name) && project.store.check_object(digest)? {
+                if let Ok(tree) = project.store.read_tree(digest) {
+                    objects.extend(
+                        tree.files
+                            .into_iter()
+                            .map(|f| (format!("output `{name}` file `{}`", f.path), f.digest)),
+                    );
+                }
+            }
+        }
+        objects.push(("manifest".to_string(), entry.manifest.clone()));
         for (artifact, digest) in objects {
             checked += 1;
-            let problem = if !project.store.has_object(digest) {
+            let problem = if !project.store.has_object(&digest) {
                 Some("missing from the store".to_string())
-            } else if !project.store.check_object(digest)? {
+            } else if !project.store.check_object(&digest)? {
                 Some("corrupt: its bytes no longer hash to its name".to_string())
             } else {
                 None
@@ -263,7 +283,7 @@ pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineEr
                 problems.push(VerifyProblem {
                     stage: stage.clone(),
                     artifact,
-                    digest: digest.clone(),
+                    digest,
                     problem,
                 });
             }
@@ -422,7 +442,14 @@ pub fn gc(project: &Project, dry_run: bool) -> Result<GcReport, EngineError> {
             continue;
         }
         if let Ok(m) = load_manifest(project, &digest) {
-            live.extend(m.outputs.values().map(|o| o.digest.clone()));
+            for output in m.outputs.values() {
+                live.insert(output.digest.clone());
+                if output.folder {
+                    if let Ok(tree) = project.store.read_tree(&output.digest) {
+                        live.extend(tree.files.into_iter().map(|f| f.digest));
+                    }
+                }
+            }
             live.extend(m.files.values().map(|f| f.digest.clone()));
             todo.extend(m.inputs.iter().filter_map(|i| i.manifest.clone()));
         }
@@ -434,6 +461,7 @@ pub fn gc(project: &Project, dry_run: bool) -> Result<GcReport, EngineError> {
         for (digest, _) in &removed {
             project.store.remove_object(digest)?;
         }
+        project.store.remove_materialized_trees_except(&live)?;
         for key in project.store.action_keys()? {
             if project.store.action(&key)?.is_none() {
                 project.store.remove_action(&key)?;

@@ -51,7 +51,11 @@ pub struct DatasetInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputInfo {
     pub digest: Digest,
+    /// For a folder, the total of its files.
     pub bytes: u64,
+    /// A folder output: `digest` names its tree object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub folder: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -48,6 +48,17 @@ impl Need {
     }
 }
 
+/// An output declared with a trailing `/` (`model/`) is a folder: the stage fills it with files, and the engine
+/// stores it as a tree of (relative path, file digest) whose own digest is the output's.
+pub fn output_name(declared: &'static str) -> &'static str {
+    declared.strip_suffix('/').unwrap_or(declared)
+}
+
+/// Whether a declared output is a folder (see [`output_name`]).
+pub fn is_folder_output(declared: &str) -> bool {
+    declared.ends_with('/')
+}
+
 /// Failure inside a stage. Each variant names what a user needs to find the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -385,9 +396,10 @@ impl StageContext {
         })
     }
 
-    /// Where to write the declared output `artifact` (one file).
+    /// Where to write the declared output `artifact`: one file, or for a folder output (declared as
+    /// `artifact/`) a folder that already exists and that the stage fills.
     pub fn output_path(&self, artifact: &str) -> Result<PathBuf, StageError> {
-        if self.outputs.contains(&artifact) {
+        if self.outputs.iter().any(|o| output_name(o) == artifact) {
             Ok(self.out_dir.join(artifact))
         } else {
             Err(StageError::Invalid(format!(

@@ -6,6 +6,7 @@
 //!   actions/<key>.json         action cache: stage key -> manifest and output digests (written last)
 //!   runs/<key>.json            run stats (time, host, threads): never hashed, never in a key
 //!   stamps/<2 hex>/<digest>    when an object was last re-hashed and found intact (its stat then)
+//!   trees/<digest>/            a folder output materialised read-only from its tree (hard links)
 //!   corrupt/<digest>.<n>       objects and records that failed their digest, moved aside for inspection
 //!   locks/project.lock         one run or gc at a time per project; verify shares it
 //!   locks/<key>.lock           one OS advisory lock per stage key
@@ -99,7 +100,29 @@ pub struct ActionRecord {
     pub key: Digest,
     pub manifest: Digest,
     pub outputs: std::collections::BTreeMap<String, Digest>,
+    /// Outputs that are folders: their digest names a [`Tree`] object.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub folders: std::collections::BTreeSet<String>,
 }
+
+/// A folder output as stored: every regular file under it by `/`-separated relative path, sorted, with its
+/// size and digest. Its canonical JSON is an object like any other; that object's digest is the output's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub genrelab_tree: u32,
+    pub files: Vec<TreeFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeFile {
+    pub path: String,
+    pub size: u64,
+    pub digest: Digest,
+}
+
+/// Files in one folder output at most: a model folder holds a handful; a runaway loop writing files should
+/// fail here rather than fill the store.
+const MAX_TREE_FILES: usize = 100_000;
 
 pub struct Store {
     root: PathBuf,
@@ -181,9 +204,50 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Regular files under `dir` as (relative `/`-path, path), refusing links and special files.
+fn collect_tree(
+    base: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, PathBuf)>,
+) -> Result<(), StoreError> {
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(io(&path))?;
+        if kind.is_dir() {
+            collect_tree(base, &path, out)?;
+        } else if kind.is_file() {
+            let rel = path.strip_prefix(base).unwrap_or(&path);
+            let Some(rel) = rel.to_str() else {
+                return Err(StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: "a file name in a folder output is not UTF-8".into(),
+                });
+            };
+            out.push((rel.replace('\\', "/"), path.clone()));
+            if out.len() > MAX_TREE_FILES {
+                return Err(StoreError::Corrupt {
+                    path: base.to_path_buf(),
+                    reason: format!("a folder output holds more than {MAX_TREE_FILES} files"),
+                });
+            }
+        } else {
+            return Err(StoreError::Corrupt {
+                path,
+                reason:
+                    "a folder output may hold only files and folders, not links or special files"
+                        .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        for sub in ["objects", "actions", "runs", "locks", "tmp", "stamps"] {
+        for sub in [
+            "objects", "actions", "runs", "locks", "tmp", "stamps", "trees",
+        ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
@@ -363,6 +427,10 @@ impl Store {
         let named = std::iter::once(("manifest", &record.manifest))
             .chain(record.outputs.iter().map(|(k, v)| (k.as_str(), v)));
         for (name, digest) in named {
+            if record.folders.contains(name) {
+                bad.extend(self.tree_problems(name, digest)?);
+                continue;
+            }
             let state = self.object_state(digest)?;
             if state != ObjectState::Intact {
                 bad.push(BadObject {
@@ -377,6 +445,129 @@ impl Store {
         } else {
             Lookup::Broken { record, bad }
         })
+    }
+
+    /// Publish a finished folder: every file becomes an object, then the tree naming them. The folder is
+    /// consumed. Only regular files and folders may be in it: a link or a special file is an error (its
+    /// meaning would depend on the machine).
+    pub fn put_tree(&self, dir: &Path) -> Result<(Digest, u64), StoreError> {
+        let mut files = Vec::new();
+        collect_tree(dir, dir, &mut files)?;
+        files.sort();
+        let mut tree = Tree {
+            genrelab_tree: 1,
+            files: Vec::with_capacity(files.len()),
+        };
+        let mut total = 0;
+        for (rel, path) in files {
+            let (digest, size) = self.put_file(&path)?;
+            total += size;
+            tree.files.push(TreeFile {
+                path: rel,
+                size,
+                digest,
+            });
+        }
+        let digest = self.put_bytes(&crate::hashing::canonical_json(&tree))?;
+        let _ = fs::remove_dir_all(dir);
+        Ok((digest, total))
+    }
+
+    pub fn read_tree(&self, digest: &str) -> Result<Tree, StoreError> {
+        let path = self.object_path(digest);
+        let bytes = fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path,
+            reason: format!("not a folder tree: {e}"),
+        })
+    }
+
+    /// Every object a folder output consists of that is missing or corrupt (the tree object first).
+    pub fn tree_problems(&self, name: &str, digest: &str) -> Result<Vec<BadObject>, StoreError> {
+        let state = self.object_state(digest)?;
+        if state != ObjectState::Intact {
+            return Ok(vec![BadObject {
+                name: name.to_string(),
+                digest: digest.to_string(),
+                state,
+            }]);
+        }
+        let mut bad = Vec::new();
+        for file in self.read_tree(digest)?.files {
+            let state = self.object_state(&file.digest)?;
+            if state != ObjectState::Intact {
+                bad.push(BadObject {
+                    name: format!("{name}/{}", file.path),
+                    digest: file.digest,
+                    state,
+                });
+            }
+        }
+        Ok(bad)
+    }
+
+    /// A read-only folder holding a tree's files, hard-linked from `objects/` (copied where links cannot
+    /// be made), built once per tree digest under `trees/` and renamed into place whole.
+    pub fn materialize_tree(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        let dest = self.root.join("trees").join(digest);
+        let tree = self.read_tree(digest)?;
+        if dest.is_dir() {
+            // Hard links share the object's inode: a folder linked before an object was found corrupt and
+            // re-published still holds the old inode, so it is rebuilt rather than trusted.
+            let same = |f: &TreeFile| {
+                let ino =
+                    |p: &Path| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+                matches!((ino(&dest.join(&f.path)), ino(&self.object_path(&f.digest))), (Ok(a), Ok(b)) if a == b)
+            };
+            if tree.files.iter().all(same) {
+                return Ok(dest);
+            }
+            fs::remove_dir_all(&dest).map_err(io(&dest))?;
+        }
+        let tmp = self
+            .root
+            .join("trees")
+            .join(format!(".{digest}.{}.tmp", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        for file in &tree.files {
+            let to = tmp.join(&file.path);
+            let parent = to.parent().unwrap_or(&tmp);
+            fs::create_dir_all(parent).map_err(io(parent))?;
+            let from = self.object_path(&file.digest);
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to).map_err(io(&to))?;
+            }
+        }
+        fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        match fs::rename(&tmp, &dest) {
+            Ok(()) => Ok(dest),
+            // Another process materialised it first: the same bytes by construction.
+            Err(_) if dest.is_dir() => {
+                let _ = fs::remove_dir_all(&tmp);
+                Ok(dest)
+            }
+            Err(e) => Err(io(&dest)(e)),
+        }
+    }
+
+    /// Remove every materialised folder under `trees/` whose tree is not in `keep` (and leftovers of killed
+    /// materialisations). They are hard links, so this frees nothing that `objects/` still holds.
+    pub fn remove_materialized_trees_except(
+        &self,
+        keep: &std::collections::BTreeSet<Digest>,
+    ) -> Result<(), StoreError> {
+        let dir = self.root.join("trees");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Move an unreadable action record aside (to `corrupt/`), so that the key's next run rewrites it.
@@ -509,6 +700,7 @@ mod tests {
             key: "k".into(),
             manifest,
             outputs: [("o".to_string(), out.clone())].into(),
+            folders: Default::default(),
         };
         store.put_action(&record).unwrap();
         assert_eq!(store.action("k").unwrap(), Some(record));

@@ -163,7 +163,63 @@ where
     }
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TreeParams {
+    /// Relative path -> content of each file of the folder output.
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// A folder output: the files named in its params, folders created as needed.
+fn tree(params: &TreeParams, ctx: &StageContext) -> Result<StageReport, StageError> {
+    let root = ctx.output_path("tree")?;
+    for (rel, content) in &params.files {
+        let path = root.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
+        }
+        std::fs::write(&path, content).map_err(|e| StageError::io(&path, e))?;
+    }
+    Ok(StageReport::default())
+}
+
+/// Lists a folder input (relative paths and contents, sorted) into a file.
+fn tree_list(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, StageError> {
+    fn walk(
+        base: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut Vec<String>,
+    ) -> Result<(), StageError> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| StageError::io(dir, e))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let text = std::fs::read_to_string(&path).map_err(|e| StageError::io(&path, e))?;
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                out.push(format!("{rel}={text}"));
+            }
+        }
+        Ok(())
+    }
+    let mut lines = Vec::new();
+    walk(ctx.input("tree")?, ctx.input("tree")?, &mut lines)?;
+    let path = ctx.output_path("data")?;
+    std::fs::write(&path, lines.join("\n")).map_err(|e| StageError::io(&path, e))?;
+    Ok(StageReport::default())
+}
+
 const SCAN_NEEDS: &[Need] = &[Need::one("dataset")];
+const TREE_NEEDS: &[Need] = &[Need::one("tree")];
 const MAP_NEEDS: &[Need] = &[Need::many("data")];
 
 pub fn kinds() -> Vec<Box<dyn StageKind>> {
@@ -191,6 +247,22 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             outputs: &["data"],
             code_dirs: &["toy"],
             run: map,
+        }),
+        Box::new(TypedStage::<TreeParams> {
+            kind: "toy_tree",
+            about: "writes the files named in its params as a folder output (engine tests)",
+            needs: &[],
+            outputs: &["tree/"],
+            code_dirs: &["toy"],
+            run: tree,
+        }),
+        Box::new(TypedStage::<ScanParams> {
+            kind: "toy_tree_list",
+            about: "lists a folder input's files and contents (engine tests)",
+            needs: TREE_NEEDS,
+            outputs: &["data"],
+            code_dirs: &["toy"],
+            run: tree_list,
         }),
         Box::new(Tolerant(TypedStage::<ScanParams> {
             kind: "toy_jitter",
