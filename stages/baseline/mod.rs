@@ -55,6 +55,8 @@ pub struct Params {
     pub method: Method,
 }
 
+impl crate::stage::StageParams for Params {}
+
 /// The `baseline` artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BaselineReport {

@@ -64,6 +64,8 @@ pub struct Params {
     pub mode: Mode,
 }
 
+impl crate::stage::StageParams for Params {}
+
 /// Fitted statistics. `mean` and `std` have `n_mels * frames` entries (cell) or `n_mels` (band).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fitted {

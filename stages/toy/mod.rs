@@ -7,7 +7,9 @@ use std::time::Duration;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{Need, StageContext, StageError, StageKind, StageReport, TypedStage};
+use crate::stage::{
+    Need, StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
+};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,6 +43,10 @@ pub struct MapParams {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScanParams {}
+
+impl StageParams for SourceParams {}
+impl StageParams for MapParams {}
+impl StageParams for ScanParams {}
 
 fn source(params: &SourceParams, ctx: &StageContext) -> Result<StageReport, StageError> {
     let path = ctx.output_path("data")?;
