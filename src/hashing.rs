@@ -125,17 +125,25 @@ pub fn code_fingerprint(dirs: &BTreeMap<String, Digest>) -> Digest {
     digest_bytes(&canonical_json(dirs))
 }
 
-/// The build-time digests of the given `stages/` folders; an unknown folder gets an empty digest so that it
-/// shows up as changed once it exists.
+/// The build-time digest of one `stages/` folder, `None` when build.rs found no such folder.
+pub fn source_digest(dir: &str) -> Option<&'static str> {
+    crate::code::STAGE_SOURCE_DIGESTS
+        .iter()
+        .find(|(name, _)| *name == dir)
+        .map(|(_, d)| *d)
+}
+
+/// The build-time digests of the given `stages/` folders.
+///
+/// Every registered kind's folders exist (`every_registered_kind_declares_existing_code_folders` fails
+/// `cargo test` on a typo, and debug builds assert it here), so the empty digest a release build would give an
+/// unknown folder is never reached; it is kept rather than a panic so a stray name cannot abort a run.
 pub fn code_dirs(dirs: &[&str]) -> BTreeMap<String, Digest> {
     dirs.iter()
         .map(|dir| {
-            let digest = crate::code::STAGE_SOURCE_DIGESTS
-                .iter()
-                .find(|(name, _)| name == dir)
-                .map(|(_, d)| d.to_string())
-                .unwrap_or_default();
-            (dir.to_string(), digest)
+            let digest = source_digest(dir);
+            debug_assert!(digest.is_some(), "stages/{dir} is not a stage code folder");
+            (dir.to_string(), digest.unwrap_or_default().to_string())
         })
         .collect()
 }
@@ -229,6 +237,28 @@ mod tests {
             );
         }
         assert!(code_dirs(&["split"])["split"].len() == 64);
+    }
+
+    #[test]
+    fn every_registered_kind_declares_existing_code_folders() {
+        let mut unknown = Vec::new();
+        for kind in crate::stages::registry() {
+            assert!(
+                !kind.code_dirs().is_empty(),
+                "{} declares no code",
+                kind.kind()
+            );
+            for dir in kind.code_dirs() {
+                if source_digest(dir).is_none() {
+                    unknown.push(format!("{}: stages/{dir}", kind.kind()));
+                }
+            }
+        }
+        assert!(
+            unknown.is_empty(),
+            "code folders that do not exist: {unknown:?}"
+        );
+        assert_eq!(source_digest("no-such-folder"), None);
     }
 
     #[test]
