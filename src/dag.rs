@@ -117,6 +117,18 @@ impl<'r> Dag<'r> {
                     continue;
                 }
             };
+            for problem in kind.validate_params(&params) {
+                // The locator looks for a `key:` line inside the stage, so the leaf of `lists.train`; a
+                // problem of the params as a whole points at `params:`.
+                let leaf = problem.key.rsplit('.').next().unwrap_or_default();
+                let key = if leaf.is_empty() { "params" } else { leaf };
+                errors.push(loc.error(
+                    &stage.name,
+                    0,
+                    Some(key),
+                    format!("stage `{}` ({}): params: {problem}", stage.name, stage.kind),
+                ));
+            }
             let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for input in &stage.inputs {
                 if input != DATASET && !names.contains(input.as_str()) {

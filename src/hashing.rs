@@ -125,6 +125,14 @@ pub fn code_fingerprint(dirs: &BTreeMap<String, Digest>) -> Digest {
     digest_bytes(&canonical_json(dirs))
 }
 
+/// The build-time digest of one `stages/` folder, `None` when build.rs found no such folder.
+pub fn source_digest(dir: &str) -> Option<&'static str> {
+    crate::code::STAGE_SOURCE_DIGESTS
+        .iter()
+        .find(|(name, _)| *name == dir)
+        .map(|(_, d)| *d)
+}
+
 /// The key under which the contract's digest enters every kind's code map (not a folder name: those cannot
 /// start with `@`).
 pub const CONTRACT: &str = "@contract";
@@ -136,12 +144,9 @@ pub fn code_dirs(dirs: &[&str]) -> BTreeMap<String, Digest> {
     let mut map: BTreeMap<String, Digest> = dirs
         .iter()
         .map(|dir| {
-            let digest = crate::code::STAGE_SOURCE_DIGESTS
-                .iter()
-                .find(|(name, _)| name == dir)
-                .map(|(_, d)| d.to_string())
-                .unwrap_or_default();
-            (dir.to_string(), digest)
+            let digest = source_digest(dir);
+            debug_assert!(digest.is_some(), "stages/{dir} is not a stage code folder");
+            (dir.to_string(), digest.unwrap_or_default().to_string())
         })
         .collect();
     map.insert(
@@ -279,17 +284,24 @@ mod tests {
 
     #[test]
     fn every_registered_kind_declares_existing_code_folders() {
+        let mut unknown = Vec::new();
         for kind in crate::stages::registry() {
+            assert!(
+                !kind.code_dirs().is_empty(),
+                "{} declares no code",
+                kind.kind()
+            );
             for dir in kind.code_dirs() {
-                assert!(
-                    crate::code::STAGE_SOURCE_DIGESTS
-                        .iter()
-                        .any(|(d, _)| d == dir),
-                    "kind `{}` declares code folder stages/{dir}, which does not exist",
-                    kind.kind()
-                );
+                if source_digest(dir).is_none() {
+                    unknown.push(format!("{}: stages/{dir}", kind.kind()));
+                }
             }
         }
+        assert!(
+            unknown.is_empty(),
+            "code folders that do not exist: {unknown:?}"
+        );
+        assert_eq!(source_digest("no-such-folder"), None);
     }
 
     #[test]

@@ -97,13 +97,96 @@ impl StageError {
     }
 }
 
-/// Param validation failure; the engine adds the file, line and column.
+/// Params that do not deserialize (unknown key, wrong type); the engine adds the file, line and column.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ParamError {
     /// The offending key, when serde names one (used to find its line in pipeline.yaml).
     pub key: Option<String>,
     pub message: String,
+}
+
+/// One problem [`StageParams::validate`] found, at the param it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamProblem {
+    /// Dotted param path (`n_mels`, `lists.train`); empty for a relation between several params that no
+    /// single one is to blame for (the message names them all).
+    pub key: String,
+    pub message: String,
+}
+
+impl ParamProblem {
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamProblem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A problem of the params as a whole.
+    pub fn whole(message: impl Into<String>) -> Self {
+        Self::at("", message)
+    }
+
+    /// `key`'s `value` when it lies outside `limit`, naming the limit (and the unit, if any, e.g. " Hz").
+    pub fn unless_within<T>(
+        key: &str,
+        value: T,
+        limit: std::ops::RangeInclusive<T>,
+        unit: &str,
+    ) -> Option<Self>
+    where
+        T: PartialOrd + std::fmt::Display,
+    {
+        (!limit.contains(&value)).then(|| {
+            Self::at(
+                key,
+                format!(
+                    "{value} is outside the limit {}..={}{unit}",
+                    limit.start(),
+                    limit.end()
+                ),
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for ParamProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// A stage kind's typed params. `validate` is what lets `dag`, `status` and `run` reject an unusable value
+/// before any stage runs: a bad `hop_length` would otherwise surface only after every upstream stage had
+/// spent its time.
+pub trait StageParams: DeserializeOwned + Serialize + Send + Sync + 'static {
+    /// Every problem the params alone can show: ranges, and relations between params. Facts that depend on
+    /// upstream data (the sample rate ingest decoded to) are left to the run. Empty when the params are
+    /// usable.
+    fn validate(&self) -> Vec<ParamProblem> {
+        Vec::new()
+    }
+
+    /// [`Self::validate`] as a stage error, for stage code that can also be reached without the engine's
+    /// planning (unit tests, library callers) and must not compute from an unusable value.
+    fn check(&self) -> Result<(), StageError> {
+        let problems = self.validate();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Err(StageError::Invalid(format!("params: {}", all.join("; "))))
+    }
+
+    /// Files these params name that the stage reads (split's `lists:`); see [`ParamFile`].
+    fn files(&self) -> Vec<ParamFile> {
+        Vec::new()
+    }
 }
 
 /// What a finished stage hands back besides its output files.
@@ -452,6 +535,9 @@ pub trait StageKind: Send + Sync {
     }
     /// Validate params (YAML) and return their canonical JSON form, defaults filled in.
     fn canonical_params(&self, raw: &serde_yaml::Value) -> Result<serde_json::Value, ParamError>;
+    /// Every problem [`StageParams::validate`] finds in canonical params (as returned by
+    /// `canonical_params`).
+    fn validate_params(&self, params: &serde_json::Value) -> Vec<ParamProblem>;
     /// Run on canonical params (as returned by `canonical_params`).
     fn run(
         &self,
@@ -467,13 +553,12 @@ pub struct TypedStage<P> {
     pub needs: &'static [Need],
     pub outputs: &'static [&'static str],
     pub code_dirs: &'static [&'static str],
+    /// Every kind states it: `Exact` unless its results depend on a device's reduction order.
+    pub determinism: Determinism,
     pub run: fn(&P, &StageContext) -> Result<StageReport, StageError>,
 }
 
-impl<P> StageKind for TypedStage<P>
-where
-    P: DeserializeOwned + Serialize + Send + Sync + 'static,
-{
+impl<P: StageParams> StageKind for TypedStage<P> {
     fn kind(&self) -> &'static str {
         self.kind
     }
@@ -488,6 +573,14 @@ where
     }
     fn code_dirs(&self) -> &'static [&'static str] {
         self.code_dirs
+    }
+    fn determinism(&self) -> Determinism {
+        self.determinism
+    }
+    fn param_files(&self, params: &serde_json::Value) -> Vec<ParamFile> {
+        serde_json::from_value::<P>(params.clone())
+            .map(|typed| typed.files())
+            .unwrap_or_default()
     }
     fn canonical_params(&self, raw: &serde_yaml::Value) -> Result<serde_json::Value, ParamError> {
         // A missing `params:` means "all defaults"; the params struct must be `#[serde(default)]`.
@@ -516,6 +609,12 @@ where
             message: e.to_string(),
         })
     }
+    fn validate_params(&self, params: &serde_json::Value) -> Vec<ParamProblem> {
+        match serde_json::from_value::<P>(params.clone()) {
+            Ok(typed) => typed.validate(),
+            Err(e) => vec![ParamProblem::whole(e.to_string())],
+        }
+    }
     fn run(
         &self,
         params: &serde_json::Value,
@@ -524,48 +623,6 @@ where
         let typed: P = serde_json::from_value(params.clone())
             .map_err(|e| StageError::Invalid(format!("params: {e}")))?;
         (self.run)(&typed, ctx)
-    }
-}
-
-/// A [`TypedStage`] whose params name files it reads (see [`ParamFile`]).
-pub struct ReadsFiles<P> {
-    pub stage: TypedStage<P>,
-    pub files: fn(&P) -> Vec<ParamFile>,
-}
-
-impl<P> StageKind for ReadsFiles<P>
-where
-    P: DeserializeOwned + Serialize + Send + Sync + 'static,
-{
-    fn kind(&self) -> &'static str {
-        self.stage.kind()
-    }
-    fn about(&self) -> &'static str {
-        self.stage.about()
-    }
-    fn needs(&self) -> &'static [Need] {
-        self.stage.needs()
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        self.stage.outputs()
-    }
-    fn code_dirs(&self) -> &'static [&'static str] {
-        self.stage.code_dirs()
-    }
-    fn param_files(&self, params: &serde_json::Value) -> Vec<ParamFile> {
-        serde_json::from_value::<P>(params.clone())
-            .map(|typed| (self.files)(&typed))
-            .unwrap_or_default()
-    }
-    fn canonical_params(&self, raw: &serde_yaml::Value) -> Result<serde_json::Value, ParamError> {
-        self.stage.canonical_params(raw)
-    }
-    fn run(
-        &self,
-        params: &serde_json::Value,
-        ctx: &StageContext,
-    ) -> Result<StageReport, StageError> {
-        self.stage.run(params, ctx)
     }
 }
 
@@ -715,6 +772,56 @@ mod tests {
             message("features", "pad_mode: [x, 2]"),
             "pad_mode: expected `constant` or `reflect`, got a list `[x, 2]`"
         );
+    }
+
+    #[test]
+    fn every_kind_accepts_its_defaults_and_reports_every_problem_of_bad_params() {
+        let registry = crate::stages::registry();
+        for kind in &registry {
+            let defaults = kind
+                .canonical_params(&serde_yaml::Value::Null)
+                .expect("defaults deserialize");
+            assert_eq!(kind.validate_params(&defaults), [], "{}", kind.kind());
+        }
+        let slice = registry
+            .iter()
+            .find(|k| k.kind() == "slice")
+            .expect("registered kind");
+        let raw: serde_yaml::Value =
+            serde_yaml::from_str("segments_per_track: 0\nsegment_samples: 0").expect("yaml");
+        let params = slice.canonical_params(&raw).expect("well-typed");
+        let problems: Vec<String> = slice
+            .validate_params(&params)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "segments_per_track: 0 is outside the limit 1..=65536",
+                "segment_samples: 0 is outside the limit 1..=134217728 (the longest track decoding accepts)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_problem_reads_as_its_key_then_what_is_wrong() {
+        assert_eq!(
+            ParamProblem::unless_within("rate", 5u32, 10..=20, " Hz")
+                .map(|p| p.to_string())
+                .as_deref(),
+            Some("rate: 5 is outside the limit 10..=20 Hz")
+        );
+        assert_eq!(
+            ParamProblem::unless_within("rate", 10u32, 10..=20, ""),
+            None
+        );
+        assert_eq!(
+            ParamProblem::whole("a + b must be 1").to_string(),
+            "a + b must be 1"
+        );
+        let err = ParamProblem::at("n", "bad");
+        assert_eq!(err.to_string(), "n: bad");
     }
 
     #[test]

@@ -363,22 +363,36 @@ fn absurd_params_are_rejected_naming_the_param_and_its_limit() {
         ),
         (
             "inputs: [dataset]\n",
-            "inputs: [dataset]\n    params: {sample_rate: 4000000000}\n",
+            "inputs: [dataset]\n    params:\n      sample_rate: 4000000000\n",
             "ingest",
             "sample_rate",
         ),
     ];
     let original = p.config();
     for (from, to, stage, param) in cases {
-        p.write_config(&original.replacen(from, to, 1));
+        let config = original.replacen(from, to, 1);
+        p.write_config(&config);
         let run = p.run_bounded(&["run"], LIMIT);
         assert_eq!(run.code, 2, "{to}:\n{}\n{}", run.stdout, run.stderr);
-        let line = run.line(stage);
+        // Rejected while planning, at the param's own line, before any stage (even a cached one) is looked at.
+        let at = config
+            .lines()
+            .position(|l| l.contains(&format!("{param}:")))
+            .expect("the param's line")
+            + 1;
+        let error = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!("stage `{stage}`")))
+            .unwrap_or_default();
         assert!(
-            line.contains("FAILED") && line.contains(param) && line.contains("limit"),
-            "{to}: {line}\n{}",
+            error.contains(&format!("pipeline.yaml:{at}:"))
+                && error.contains(&format!("{param}: "))
+                && error.contains("limit"),
+            "{to}: {}",
             run.stderr
         );
+        assert!(run.stdout.is_empty(), "{to}: {}", run.stdout);
     }
 }
 

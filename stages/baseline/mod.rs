@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{
-    read_json, write_canonical_json, Need, StageContext, StageError, StageKind, StageReport,
-    TypedStage,
+    read_json, write_canonical_json, Determinism, Need, StageContext, StageError, StageKind,
+    StageReport, TypedStage,
 };
 use crate::stages::common::scaled_reader::ScaledFeatures;
 use crate::stages::common::tables::SegmentTable;
@@ -53,6 +53,8 @@ pub struct Params {
     /// Default `nearest_centroid`: the simplest classifier that says whether the features separate genres.
     pub method: Method,
 }
+
+impl crate::stage::StageParams for Params {}
 
 /// The `baseline` artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -324,6 +326,7 @@ pub fn kind() -> Box<dyn StageKind> {
         needs: NEEDS,
         outputs: &["baseline"],
         code_dirs: &["baseline", "common"],
+        determinism: Determinism::Exact,
         run,
     })
 }

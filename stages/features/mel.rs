@@ -21,6 +21,7 @@ use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use super::{PadMode, Params, Reference};
+use crate::stage::StageParams;
 
 /// Why a mel front end could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -179,44 +180,22 @@ impl std::fmt::Debug for MelExtractor {
 impl MelExtractor {
     pub fn new(params: &Params, sample_rate: u32) -> Result<Self, MelError> {
         let bad = |m: String| Err(MelError::Params(m));
+        // The checks the params alone decide are the planner's; only the sample rate's are added here.
+        let problems = params.validate();
+        if !problems.is_empty() {
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return bad(all.join("; "));
+        }
         let nyquist = f64::from(sample_rate) / 2.0;
         let fmax = params.fmax.unwrap_or(nyquist);
         if sample_rate == 0 {
             return bad("sample rate is 0".into());
-        }
-        if params.n_fft < 2 {
-            return bad(format!("n_fft must be at least 2, got {}", params.n_fft));
-        }
-        if params.hop_length == 0 {
-            return bad("hop_length must be positive".into());
-        }
-        if params.n_mels == 0 {
-            return bad("n_mels must be positive".into());
-        }
-        if !(params.fmin.is_finite() && params.fmin >= 0.0) {
-            return bad(format!("fmin must be >= 0, got {}", params.fmin));
         }
         if !(fmax.is_finite() && fmax > params.fmin && fmax <= nyquist) {
             return bad(format!(
                 "fmax must lie in (fmin, sample_rate / 2] = ({}, {nyquist}], got {fmax}",
                 params.fmin
             ));
-        }
-        if !(params.power.is_finite() && params.power > 0.0) {
-            return bad(format!("power must be positive, got {}", params.power));
-        }
-        if !(params.amin.is_finite() && params.amin > 0.0) {
-            return bad(format!("amin must be positive, got {}", params.amin));
-        }
-        if let Some(top_db) = params.top_db {
-            if !(top_db.is_finite() && top_db >= 0.0) {
-                return bad(format!("top_db must be >= 0 or null, got {top_db}"));
-            }
-        }
-        if let Reference::Value(v) = params.reference {
-            if !(v.is_finite() && v > 0.0) {
-                return bad(format!("ref must be `max` or a positive number, got {v}"));
-            }
         }
         let filters = mel_filter_bank(sample_rate, params.n_fft, params.n_mels, params.fmin, fmax)?;
         let fft = RealFftPlanner::<f64>::new().plan_fft_forward(params.n_fft);

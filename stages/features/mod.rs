@@ -21,7 +21,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{read_json, Need, StageContext, StageError, StageKind, StageReport, TypedStage};
+use crate::stage::{
+    read_json, Determinism, Need, ParamProblem, StageContext, StageError, StageKind, StageParams,
+    StageReport, TypedStage,
+};
 use crate::stages::audio;
 use crate::stages::common::tables::{Segment, SegmentTable, Track, TrackTable, SPLITS};
 use crate::stages::common::tensors::{Dtype, TensorSpec, TensorWriter};
@@ -64,6 +67,16 @@ impl TryFrom<RefRepr> for Reference {
             )),
             RefRepr::Value(v) if v.is_finite() && v > 0.0 => Ok(Reference::Value(v)),
             RefRepr::Value(v) => Err(format!("ref must be `max` or a positive number, got {v}")),
+        }
+    }
+}
+
+impl Reference {
+    /// The fixed reference power, `None` for `max`.
+    pub fn value(self) -> Option<f64> {
+        match self {
+            Reference::Max => None,
+            Reference::Value(v) => Some(v),
         }
     }
 }
@@ -135,22 +148,74 @@ pub const MAX_HOP_LENGTH: usize = 1 << 27;
 /// Most f32 cells one track's segments may take (1 GiB): the buffer a worker holds per track.
 pub const MAX_TRACK_CELLS: usize = 1 << 28;
 
-impl Params {
-    /// Rejects sizes no run can use, before anything is allocated from them. Values that only make sense
-    /// with the sample rate (fmax) are checked when the front end is built.
-    pub fn validate(&self) -> Result<(), StageError> {
-        let within = |name: &str, value: usize, lo: usize, hi: usize| {
-            if (lo..=hi).contains(&value) {
-                Ok(())
-            } else {
-                Err(StageError::Invalid(format!(
-                    "features: {name} {value} is outside the limit {lo}..={hi}"
-                )))
+impl StageParams for Params {
+    /// Values that only make sense with the sample rate (`fmax` against the Nyquist frequency, mel bands
+    /// too narrow for an FFT bin) are checked when the front end is built, once ingest has fixed the rate.
+    fn validate(&self) -> Vec<ParamProblem> {
+        let mut problems: Vec<ParamProblem> = [
+            ParamProblem::unless_within("n_fft", self.n_fft, 2..=MAX_N_FFT, ""),
+            ParamProblem::unless_within("n_mels", self.n_mels, 1..=MAX_N_MELS, ""),
+            ParamProblem::unless_within("hop_length", self.hop_length, 1..=MAX_HOP_LENGTH, ""),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        // An FFT bin strictly between 0 Hz and Nyquist (the filters' outer edges are never inside a
+        // triangle) lies between two adjacent mel points, so it serves at most two bands: more bands than
+        // twice those bins leave one empty at any sample rate.
+        let most_bands = 2 * (self.n_fft.saturating_sub(1) / 2);
+        if problems.is_empty() && self.n_mels > most_bands {
+            problems.push(ParamProblem::at(
+                "n_mels",
+                format!(
+                    "{} bands cannot each cover an FFT bin with n_fft {}: at most {most_bands}; raise \
+                     n_fft or lower n_mels",
+                    self.n_mels, self.n_fft
+                ),
+            ));
+        }
+        let fmin_ok = self.fmin.is_finite() && self.fmin >= 0.0;
+        if !fmin_ok {
+            problems.push(ParamProblem::at(
+                "fmin",
+                format!("must be a frequency >= 0 Hz, got {}", self.fmin),
+            ));
+        }
+        if let Some(fmax) = self.fmax {
+            if !(fmax.is_finite() && fmax > 0.0) {
+                problems.push(ParamProblem::at(
+                    "fmax",
+                    format!("must be a positive frequency or null, got {fmax}"),
+                ));
+            } else if fmin_ok && fmax <= self.fmin {
+                problems.push(ParamProblem::at(
+                    "fmax",
+                    format!("{fmax} must be above fmin ({})", self.fmin),
+                ));
             }
-        };
-        within("n_fft", self.n_fft, 2, MAX_N_FFT)?;
-        within("n_mels", self.n_mels, 1, MAX_N_MELS)?;
-        within("hop_length", self.hop_length, 1, MAX_HOP_LENGTH)
+        }
+        let positive = [
+            ("power", self.power),
+            ("amin", self.amin),
+            ("ref", self.reference.value().unwrap_or(1.0)),
+        ];
+        for (key, value) in positive {
+            if !(value.is_finite() && value > 0.0) {
+                problems.push(ParamProblem::at(
+                    key,
+                    format!("must be a positive number, got {value}"),
+                ));
+            }
+        }
+        if let Some(top_db) = self.top_db {
+            if !(top_db.is_finite() && top_db >= 0.0) {
+                problems.push(ParamProblem::at(
+                    "top_db",
+                    format!("must be >= 0 or null, got {top_db}"),
+                ));
+            }
+        }
+        problems
     }
 }
 
@@ -161,7 +226,6 @@ struct TrackJob<'a> {
 }
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
-    params.validate()?;
     let dataset = ctx.dataset()?;
     let tracks: TrackTable = read_json(ctx.input("tracks")?, "tracks")?;
     let table: SegmentTable = read_json(ctx.input("segments")?, "segments")?;
@@ -390,6 +454,7 @@ pub fn kind() -> Box<dyn StageKind> {
         needs: NEEDS,
         outputs: &["features"],
         code_dirs: &["features", "audio", "common"],
+        determinism: Determinism::Exact,
         run,
     })
 }

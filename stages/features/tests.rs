@@ -996,26 +996,120 @@ fn absurd_sizes_are_rejected_naming_the_param_and_the_limit() {
                 n_fft: 1_000_000_000,
                 ..Params::default()
             },
-            "features: n_fft 1000000000 is outside the limit 2..=65536",
+            "n_fft: 1000000000 is outside the limit 2..=65536",
         ),
         (
             Params {
                 n_mels: 1_000_000_000,
                 ..Params::default()
             },
-            "features: n_mels 1000000000 is outside the limit 1..=2048",
+            "n_mels: 1000000000 is outside the limit 1..=2048",
         ),
         (
             Params {
                 hop_length: 0,
                 ..Params::default()
             },
-            "features: hop_length 0 is outside the limit 1..=134217728",
+            "hop_length: 0 is outside the limit 1..=134217728",
         ),
     ] {
-        assert_eq!(params.validate().unwrap_err().to_string(), text);
+        let problems: Vec<String> = params.validate().iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems, [text]);
+        let err = MelExtractor::new(&params, SR).unwrap_err().to_string();
+        assert_eq!(err, format!("invalid feature params: {text}"));
     }
-    assert!(Params::default().validate().is_ok());
+    assert_eq!(Params::default().validate(), []);
+}
+
+#[test]
+fn every_param_problem_is_reported_at_once() {
+    let params = Params {
+        n_mels: 0,
+        hop_length: 0,
+        fmin: -1.0,
+        fmax: Some(f64::INFINITY),
+        power: 0.0,
+        amin: f64::NAN,
+        reference: Reference::Value(-2.0),
+        top_db: Some(-1.0),
+        ..Params::default()
+    };
+    let keys: Vec<String> = params.validate().into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "n_mels",
+            "hop_length",
+            "fmin",
+            "fmax",
+            "power",
+            "amin",
+            "ref",
+            "top_db"
+        ]
+    );
+}
+
+#[test]
+fn relations_between_params_are_checked_without_a_sample_rate() {
+    let problems = |params: Params| -> Vec<String> {
+        params.validate().iter().map(|p| p.to_string()).collect()
+    };
+    // 32 bins strictly between 0 Hz and Nyquist serve at most 62 bands.
+    let too_many = Params {
+        n_fft: 64,
+        n_mels: 63,
+        ..Params::default()
+    };
+    assert_eq!(
+        problems(too_many),
+        ["n_mels: 63 bands cannot each cover an FFT bin with n_fft 64: at most 62; raise n_fft or lower n_mels"]
+    );
+    let fewer = Params {
+        n_fft: 64,
+        n_mels: 20,
+        ..Params::default()
+    };
+    assert_eq!(problems(fewer), Vec::<String>::new());
+    let inverted = Params {
+        fmin: 4000.0,
+        fmax: Some(2000.0),
+        ..Params::default()
+    };
+    assert_eq!(problems(inverted), ["fmax: 2000 must be above fmin (4000)"]);
+    // fmax above Nyquist needs the sample rate: left to the front end, which still rejects it.
+    let high = Params {
+        fmax: Some(20000.0),
+        ..Params::default()
+    };
+    assert_eq!(problems(high.clone()), Vec::<String>::new());
+    let err = MelExtractor::new(&high, SR).unwrap_err().to_string();
+    assert!(err.contains("fmax must lie in"), "{err}");
+}
+
+#[test]
+fn the_band_limit_never_rejects_a_bank_that_builds() {
+    // The plan-time bound is a necessary condition: every bank it rejects fails to build at any rate.
+    for n_fft in [8usize, 16, 33, 64] {
+        for n_mels in 1..=2 * n_fft {
+            let params = Params {
+                n_fft,
+                n_mels,
+                ..Params::default()
+            };
+            if !params.validate().is_empty() {
+                for sr in [8000u32, 22050, 44100] {
+                    let nyquist = f64::from(sr) / 2.0;
+                    for (fmin, fmax) in [(0.0, nyquist), (100.0, nyquist / 2.0)] {
+                        assert!(
+                            super::mel::mel_filter_bank(sr, n_fft, n_mels, fmin, fmax).is_err(),
+                            "n_fft {n_fft} n_mels {n_mels} sr {sr} fmin {fmin} fmax {fmax}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]

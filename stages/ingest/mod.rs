@@ -26,8 +26,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{
-    write_canonical_json, Need, StageContext, StageError, StageKind, StageReport, TypedStage,
-    UnlistedEntry, UnlistedReason, DATASET,
+    write_canonical_json, Determinism, Need, ParamProblem, StageContext, StageError, StageKind,
+    StageParams, StageReport, TypedStage, UnlistedEntry, UnlistedReason, DATASET,
 };
 use crate::stages::audio;
 use crate::stages::common::tables::{Quarantine, QuarantinedFile, Track, TrackTable};
@@ -61,24 +61,24 @@ const NOT_AUDIO_LINES: usize = 10;
 /// What decoding one candidate left behind: its numbers, or why it failed.
 type Outcome = Result<Track, QuarantinedFile>;
 
-impl Params {
-    /// Rejects values no run can use, before anything is allocated from them.
-    pub fn validate(&self) -> Result<(), StageError> {
-        let (lo, hi) = (audio::MIN_SAMPLE_RATE, audio::MAX_SAMPLE_RATE);
-        if !(lo..=hi).contains(&self.sample_rate) {
-            return Err(StageError::Invalid(format!(
-                "ingest: sample_rate {} is outside the limit {lo}..={hi} Hz",
-                self.sample_rate
-            )));
-        }
+impl StageParams for Params {
+    fn validate(&self) -> Vec<ParamProblem> {
+        let rates = audio::MIN_SAMPLE_RATE..=audio::MAX_SAMPLE_RATE;
+        let mut problems: Vec<ParamProblem> =
+            ParamProblem::unless_within("sample_rate", self.sample_rate, rates, " Hz")
+                .into_iter()
+                .collect();
         if self.extensions().is_empty() {
-            return Err(StageError::Invalid(
-                "ingest: extensions must name at least one file extension".into(),
+            problems.push(ParamProblem::at(
+                "extensions",
+                "must name at least one file extension",
             ));
         }
-        Ok(())
+        problems
     }
+}
 
+impl Params {
     /// The audio extensions, lowercase and without the dot.
     fn extensions(&self) -> Vec<String> {
         self.extensions
@@ -90,7 +90,7 @@ impl Params {
 }
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
-    params.validate()?;
+    params.check()?;
     let extensions = params.extensions();
     let dataset = ctx.dataset()?;
     let plan = layout::plan(
@@ -341,6 +341,7 @@ pub fn kind() -> Box<dyn StageKind> {
         needs: NEEDS,
         outputs: &["tracks", "quarantine"],
         code_dirs: &["ingest", "audio", "common"],
+        determinism: Determinism::Exact,
         run,
     })
 }

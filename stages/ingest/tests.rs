@@ -392,8 +392,32 @@ fn resampling_target_is_a_param() {
     };
     assert_eq!(
         error_text(ingest(&c, &zero, 1)),
-        "ingest: sample_rate 0 is outside the limit 1000..=768000 Hz"
+        "params: sample_rate: 0 is outside the limit 1000..=768000 Hz"
     );
+}
+
+#[test]
+fn params_problems_name_each_param() {
+    assert_eq!(Params::default().validate(), []);
+    let bad = Params {
+        sample_rate: 4_000_000_000,
+        extensions: vec![".".into(), String::new()],
+    };
+    assert_eq!(
+        bad.validate(),
+        [
+            ParamProblem::at(
+                "sample_rate",
+                "4000000000 is outside the limit 1000..=768000 Hz"
+            ),
+            ParamProblem::at("extensions", "must name at least one file extension"),
+        ]
+    );
+    let dotted = Params {
+        extensions: vec![".WAV".into()],
+        ..Params::default()
+    };
+    assert_eq!(dotted.validate(), []);
 }
 
 #[test]

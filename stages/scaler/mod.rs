@@ -24,7 +24,9 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{Need, StageContext, StageError, StageKind, StageReport, TypedStage};
+use crate::stage::{
+    Determinism, Need, StageContext, StageError, StageKind, StageReport, TypedStage,
+};
 use crate::stages::common::split_tensors::open_split;
 use crate::stages::common::tables::{SegmentTable, SPLITS};
 use crate::stages::common::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
@@ -63,6 +65,8 @@ pub struct Params {
     /// Default `cell`, the study's per-(mel, frame) standardisation.
     pub mode: Mode,
 }
+
+impl crate::stage::StageParams for Params {}
 
 /// Fitted statistics. `mean` and `std` have `n_mels * frames` entries (cell) or `n_mels` (band).
 #[derive(Debug, Clone, PartialEq)]
@@ -345,6 +349,7 @@ pub fn kind() -> Box<dyn StageKind> {
         needs: NEEDS,
         outputs: &["scaler"],
         code_dirs: &["scaler", "common"],
+        determinism: Determinism::Exact,
         run,
     })
 }

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{
-    read_json, write_canonical_json, Need, StageContext, StageError, StageKind, StageReport,
-    TypedStage,
+    read_json, write_canonical_json, Determinism, Need, ParamProblem, StageContext, StageError,
+    StageKind, StageParams, StageReport, TypedStage,
 };
 use crate::stages::common::tables::{
     Segment, SegmentTable, ShortTrack, SplitTable, TrackTable, SPLITS,
@@ -46,23 +46,25 @@ pub const MAX_SEGMENTS_PER_TRACK: u32 = 1 << 16;
 /// Longest segment: the longest track audio decoding accepts, so a longer one could never fit.
 pub const MAX_SEGMENT_SAMPLES: u64 = crate::stages::audio::MAX_DECODED_SAMPLES;
 
-impl Params {
-    /// Rejects values no run can use, before anything is computed from them.
-    pub fn validate(&self) -> Result<(), StageError> {
-        if !(1..=MAX_SEGMENTS_PER_TRACK).contains(&self.segments_per_track) {
-            return Err(StageError::Invalid(format!(
-                "slice: segments_per_track {} is outside the limit 1..={MAX_SEGMENTS_PER_TRACK}",
-                self.segments_per_track
-            )));
-        }
-        if !(1..=MAX_SEGMENT_SAMPLES).contains(&self.segment_samples) {
-            return Err(StageError::Invalid(format!(
-                "slice: segment_samples {} is outside the limit 1..={MAX_SEGMENT_SAMPLES} (the longest \
-                 track decoding accepts)",
-                self.segment_samples
-            )));
-        }
-        Ok(())
+impl StageParams for Params {
+    fn validate(&self) -> Vec<ParamProblem> {
+        [
+            ParamProblem::unless_within(
+                "segments_per_track",
+                self.segments_per_track,
+                1..=MAX_SEGMENTS_PER_TRACK,
+                "",
+            ),
+            ParamProblem::unless_within(
+                "segment_samples",
+                self.segment_samples,
+                1..=MAX_SEGMENT_SAMPLES,
+                " (the longest track decoding accepts)",
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
@@ -75,12 +77,12 @@ pub fn kind() -> Box<dyn StageKind> {
         needs: NEEDS,
         outputs: &["segments"],
         code_dirs: &["slice", "common"],
+        determinism: Determinism::Exact,
         run,
     })
 }
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
-    params.validate()?;
     let tracks: TrackTable = read_json(ctx.input("tracks")?, "tracks")?;
     let split: SplitTable = read_json(ctx.input("split")?, "split")?;
     let table = slice(&tracks, &split, params)?;
@@ -94,7 +96,8 @@ pub fn slice(
     split: &SplitTable,
     params: &Params,
 ) -> Result<SegmentTable, StageError> {
-    params.validate()?;
+    // Guards the division by `segment_samples` below for callers that never went through planning.
+    params.check()?;
     let by_id: BTreeMap<&str, _> = tracks.tracks.iter().map(|t| (t.id.as_str(), t)).collect();
     let mut segments = Vec::new();
     let mut short_tracks = Vec::new();

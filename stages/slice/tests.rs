@@ -141,19 +141,39 @@ fn absurd_params_are_rejected_naming_the_param_and_the_limit() {
                 segment_samples: u64::MAX,
                 ..Params::default()
             },
-            "slice: segment_samples 18446744073709551615 is outside the limit 1..=134217728",
+            "segment_samples: 18446744073709551615 is outside the limit 1..=134217728",
         ),
         (
             Params {
                 segments_per_track: 4_000_000_000,
                 ..Params::default()
             },
-            "slice: segments_per_track 4000000000 is outside the limit 1..=65536",
+            "segments_per_track: 4000000000 is outside the limit 1..=65536",
         ),
     ] {
-        let err = params.validate().unwrap_err().to_string();
-        assert!(err.starts_with(text), "{err}");
+        let problems = params.validate();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].to_string().starts_with(text), "{problems:?}");
         let err = slice(&tracks, &split, &params).unwrap_err().to_string();
-        assert!(err.starts_with(text), "{err}");
+        assert!(err.starts_with(&format!("params: {text}")), "{err}");
+    }
+}
+
+#[test]
+fn every_bad_param_is_reported_at_once() {
+    let params = Params {
+        segments_per_track: 0,
+        segment_samples: 0,
+    };
+    let keys: Vec<String> = params.validate().into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["segments_per_track", "segment_samples"]);
+    assert_eq!(Params::default().validate(), []);
+    // The study's 3 s variant and the longest accepted segment are usable.
+    for segment_samples in [66150, MAX_SEGMENT_SAMPLES] {
+        let params = Params {
+            segment_samples,
+            ..Params::default()
+        };
+        assert_eq!(params.validate(), [], "{segment_samples}");
     }
 }

@@ -25,8 +25,8 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{
-    read_json, write_canonical_json, Need, ParamFile, ReadsFiles, StageContext, StageError,
-    StageKind, StageReport, TypedStage,
+    read_json, write_canonical_json, Determinism, Need, ParamFile, ParamProblem, StageContext,
+    StageError, StageKind, StageParams, StageReport, TypedStage,
 };
 use crate::stages::common::tables::{SplitTable, Track, TrackTable, SPLITS};
 
@@ -69,16 +69,14 @@ pub struct ListFiles {
 const NEEDS: &[Need] = &[Need::one("tracks")];
 
 pub fn kind() -> Box<dyn StageKind> {
-    Box::new(ReadsFiles {
-        stage: TypedStage::<Params> {
-            kind: "split",
-            about: "assign tracks to train/val/test (stratified random, duplicates kept together, or fixed lists)",
-            needs: NEEDS,
-            outputs: &["split"],
-            code_dirs: &["split", "common"],
-            run,
-        },
-        files: list_files,
+    Box::new(TypedStage::<Params> {
+        kind: "split",
+        about: "assign tracks to train/val/test (stratified random, duplicates kept together, or fixed lists)",
+        needs: NEEDS,
+        outputs: &["split"],
+        code_dirs: &["split", "common"],
+        determinism: Determinism::Exact,
+        run,
     })
 }
 
@@ -101,12 +99,10 @@ fn list_files(params: &Params) -> Vec<ParamFile> {
 }
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
+    params.check()?;
     let tracks: TrackTable = read_json(ctx.input("tracks")?, "tracks")?;
     let (table, excluded) = match &params.lists {
-        None => {
-            validate_fractions(params)?;
-            (split_random(&tracks, params, &mut ctx.rng("split")), 0)
-        }
+        None => (split_random(&tracks, params, &mut ctx.rng("split")), 0),
         Some(lists) => {
             let texts = read_lists(ctx, lists)?;
             let table = split_from_lists(&tracks, &texts)?;
@@ -118,28 +114,68 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     Ok(report(params, &tracks, &table, excluded))
 }
 
-/// Checks the fractions: each finite and >= 0, summing to 1 within 1e-9.
-pub fn validate_fractions(params: &Params) -> Result<(), StageError> {
+impl StageParams for Params {
+    fn files(&self) -> Vec<ParamFile> {
+        list_files(self)
+    }
+
+    /// With `lists:` the fractions are unused, so only the lists are checked; without, the fractions.
+    fn validate(&self) -> Vec<ParamProblem> {
+        match &self.lists {
+            None => fraction_problems(self),
+            Some(lists) => list_problems(lists),
+        }
+    }
+}
+
+/// Each fraction finite and in [0, 1], and (when all are finite) the three summing to 1 within 1e-9.
+fn fraction_problems(params: &Params) -> Vec<ParamProblem> {
     let all = [
         ("train", params.train),
         ("val", params.val),
         ("test", params.test),
     ];
-    for (name, v) in all {
-        if !v.is_finite() || v < 0.0 {
-            return Err(StageError::Invalid(format!(
-                "split params: `{name}` is {v}; each of train, val, test must be a fraction >= 0"
-            )));
-        }
-    }
+    let mut problems: Vec<ParamProblem> = all
+        .iter()
+        .filter(|(_, v)| !(0.0..=1.0).contains(v))
+        .map(|(name, v)| {
+            ParamProblem::at(
+                *name,
+                format!("{v} is not a fraction; each of train, val, test must lie in [0, 1]"),
+            )
+        })
+        .collect();
     let sum = params.train + params.val + params.test;
-    if (sum - 1.0).abs() > 1e-9 {
-        return Err(StageError::Invalid(format!(
-            "split params: train + val + test = {} + {} + {} = {sum}, must be 1",
+    // A NaN is already reported above, and a sum with it in says nothing more.
+    if sum.is_finite() && (sum - 1.0).abs() > 1e-9 {
+        problems.push(ParamProblem::whole(format!(
+            "train + val + test = {} + {} + {} = {sum}, must be 1",
             params.train, params.val, params.test
         )));
     }
-    Ok(())
+    problems
+}
+
+/// Each list named, and no file named for two splits (its tracks would land in both).
+fn list_problems(lists: &ListFiles) -> Vec<ParamProblem> {
+    let named = [
+        ("train", &lists.train),
+        ("val", &lists.val),
+        ("test", &lists.test),
+    ];
+    let mut problems = Vec::new();
+    for (i, (split, path)) in named.iter().enumerate() {
+        let key = format!("lists.{split}");
+        if path.trim().is_empty() {
+            problems.push(ParamProblem::at(key, "names no file"));
+        } else if let Some((first, _)) = named[..i].iter().find(|(_, p)| p.trim() == path.trim()) {
+            problems.push(ParamProblem::at(
+                key,
+                format!("`{path}` is also the {first} list; each split needs its own file"),
+            ));
+        }
+    }
+    problems
 }
 
 /// Tracks grouped by identical audio: each group sorted by id, groups ordered by their smallest id.

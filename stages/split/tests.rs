@@ -147,8 +147,8 @@ fn bad_fractions_are_rejected_naming_them() {
     let tracks = table(3, &[]);
     for (p, needle) in [
         ((0.6, 0.3, 0.2), "= 1.09999"),
-        ((1.2, -0.2, 0.0), "`val` is -0.2"),
-        ((f64::NAN, 0.5, 0.5), "`train` is NaN"),
+        ((1.2, -0.2, 0.0), "val: -0.2 is not a fraction"),
+        ((f64::NAN, 0.5, 0.5), "train: NaN is not a fraction"),
     ] {
         let params = Params {
             train: p.0,
@@ -283,6 +283,75 @@ fn lists_mode_errors_name_the_problem() {
             ("lists.train", "train.txt"),
             ("lists.val", "val.txt"),
             ("lists.test", "test.txt")
+        ]
+    );
+}
+
+#[test]
+fn every_fraction_problem_is_reported_at_its_param() {
+    let problems = |train, val, test| {
+        let params = Params {
+            train,
+            val,
+            test,
+            lists: None,
+        };
+        params
+            .validate()
+            .into_iter()
+            .map(|p| (p.key, p.message))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(problems(0.6, 0.2, 0.2), []);
+    assert_eq!(problems(1.0, 0.0, 0.0), []);
+    assert_eq!(
+        problems(1.5, -0.25, -0.25),
+        [
+            (
+                "train".to_string(),
+                "1.5 is not a fraction; each of train, val, test must lie in [0, 1]".to_string()
+            ),
+            (
+                "val".to_string(),
+                "-0.25 is not a fraction; each of train, val, test must lie in [0, 1]".to_string()
+            ),
+            (
+                "test".to_string(),
+                "-0.25 is not a fraction; each of train, val, test must lie in [0, 1]".to_string()
+            ),
+        ]
+    );
+    // A relation of all three: no single param is to blame, so the problem has no key.
+    assert_eq!(
+        problems(0.6, 0.2, 0.1),
+        [(
+            String::new(),
+            "train + val + test = 0.6 + 0.2 + 0.1 = 0.9, must be 1".to_string()
+        )]
+    );
+    assert_eq!(problems(f64::INFINITY, 0.0, 0.0).len(), 1);
+}
+
+#[test]
+fn lists_must_name_three_distinct_files_and_make_fractions_moot() {
+    let with = |train: &str, val: &str, test: &str| Params {
+        train: 7.0,
+        lists: Some(ListFiles {
+            train: train.into(),
+            val: val.into(),
+            test: test.into(),
+        }),
+        ..Params::default()
+    };
+    assert_eq!(with("a.txt", "b.txt", "c.txt").validate(), []);
+    assert_eq!(
+        with("a.txt", " ", "a.txt").validate(),
+        [
+            ParamProblem::at("lists.val", "names no file"),
+            ParamProblem::at(
+                "lists.test",
+                "`a.txt` is also the train list; each split needs its own file"
+            ),
         ]
     );
 }

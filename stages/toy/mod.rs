@@ -8,7 +8,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::stage::{
-    Determinism, Need, StageContext, StageError, StageKind, StageReport, TypedStage,
+    Determinism, Need, StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +43,11 @@ pub struct MapParams {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScanParams {}
+
+impl StageParams for SourceParams {}
+impl StageParams for MapParams {}
+impl StageParams for ScanParams {}
+impl StageParams for TreeParams {}
 
 fn source(params: &SourceParams, ctx: &StageContext) -> Result<StageReport, StageError> {
     let path = ctx.output_path("data")?;
@@ -123,46 +128,6 @@ fn jitter(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, Stage
     Ok(StageReport::default())
 }
 
-/// A kind that declares the `tolerance` determinism class around a typed stage.
-struct Tolerant<P>(TypedStage<P>);
-
-impl<P> StageKind for Tolerant<P>
-where
-    P: serde::de::DeserializeOwned + Serialize + Send + Sync + 'static,
-{
-    fn kind(&self) -> &'static str {
-        self.0.kind()
-    }
-    fn about(&self) -> &'static str {
-        self.0.about()
-    }
-    fn needs(&self) -> &'static [Need] {
-        self.0.needs()
-    }
-    fn outputs(&self) -> &'static [&'static str] {
-        self.0.outputs()
-    }
-    fn code_dirs(&self) -> &'static [&'static str] {
-        self.0.code_dirs()
-    }
-    fn determinism(&self) -> Determinism {
-        Determinism::Tolerance
-    }
-    fn canonical_params(
-        &self,
-        raw: &serde_yaml::Value,
-    ) -> Result<serde_json::Value, crate::stage::ParamError> {
-        self.0.canonical_params(raw)
-    }
-    fn run(
-        &self,
-        params: &serde_json::Value,
-        ctx: &StageContext,
-    ) -> Result<StageReport, StageError> {
-        self.0.run(params, ctx)
-    }
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TreeParams {
@@ -230,6 +195,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             needs: &[],
             outputs: &["data"],
             code_dirs: &["toy"],
+            determinism: Determinism::Exact,
             run: source,
         }),
         Box::new(TypedStage::<ScanParams> {
@@ -238,6 +204,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             needs: SCAN_NEEDS,
             outputs: &["data"],
             code_dirs: &["toy"],
+            determinism: Determinism::Exact,
             run: scan,
         }),
         Box::new(TypedStage::<MapParams> {
@@ -246,6 +213,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             needs: MAP_NEEDS,
             outputs: &["data"],
             code_dirs: &["toy"],
+            determinism: Determinism::Exact,
             run: map,
         }),
         Box::new(TypedStage::<TreeParams> {
@@ -254,6 +222,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             needs: &[],
             outputs: &["tree/"],
             code_dirs: &["toy"],
+            determinism: Determinism::Exact,
             run: tree,
         }),
         Box::new(TypedStage::<ScanParams> {
@@ -262,15 +231,17 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             needs: TREE_NEEDS,
             outputs: &["data"],
             code_dirs: &["toy"],
+            determinism: Determinism::Exact,
             run: tree_list,
         }),
-        Box::new(Tolerant(TypedStage::<ScanParams> {
+        Box::new(TypedStage::<ScanParams> {
             kind: "toy_jitter",
             about: "writes the clock: differs on every run, declared `tolerance` (engine tests)",
             needs: &[],
             outputs: &["data"],
             code_dirs: &["toy"],
+            determinism: Determinism::Tolerance,
             run: jitter,
-        })),
+        }),
     ]
 }

@@ -1,0 +1,122 @@
+//! Params every run would reject are rejected by `dag`, `status` and `run` before anything runs: each
+//! problem of each stage at once, located at its key's line and column in pipeline.yaml.
+
+mod util;
+
+use util::Project;
+
+/// Bad params in four stages. The dataset root does not exist: a command that got as far as hashing the
+/// dataset (or generating one) would say so instead of naming the params.
+const PIPELINE: &str = "\
+dataset:
+  root: no-such-folder
+stages:
+  - name: ingest
+    kind: ingest
+    inputs: [dataset]
+  - name: split
+    kind: split
+    inputs: [ingest]
+    params:
+      train: 1.5
+      val: 0.2
+      test: 0.2
+  - name: split_short
+    kind: split
+    inputs: [ingest]
+    params:
+      train: 0.6
+      val: 0.2
+      test: 0.1
+  - name: slice
+    kind: slice
+    inputs: [ingest, split]
+    params:
+      segments_per_track: 10
+      segment_samples: 0
+  - name: features
+    kind: features
+    inputs: [dataset, ingest, slice]
+    params:
+      n_mels: 0
+      n_fft: 2048
+      hop_length: 0
+";
+
+/// Every error, in file order, as `pipeline.yaml:LINE:COLUMN: message`.
+const EXPECTED: [&str; 6] = [
+    "pipeline.yaml:10:5: stage `split` (split): params: train + val + test = 1.5 + 0.2 + 0.2 = 1.9, must be 1",
+    "pipeline.yaml:11:7: stage `split` (split): params: train: 1.5 is not a fraction; each of train, val, test must lie in [0, 1]",
+    "pipeline.yaml:17:5: stage `split_short` (split): params: train + val + test = 0.6 + 0.2 + 0.1 = 0.9, must be 1",
+    "pipeline.yaml:26:7: stage `slice` (slice): params: segment_samples: 0 is outside the limit 1..=134217728 (the longest track decoding accepts)",
+    "pipeline.yaml:31:7: stage `features` (features): params: n_mels: 0 is outside the limit 1..=2048",
+    "pipeline.yaml:33:7: stage `features` (features): params: hop_length: 0 is outside the limit 1..=134217728",
+];
+
+fn project() -> Project {
+    let p = Project::new(PIPELINE);
+    std::fs::remove_dir(p.path().join("data")).expect("remove the unused data folder");
+    p
+}
+
+/// The located errors a command printed, without the leading `error: `.
+fn errors(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .filter(|l| l.starts_with("pipeline.yaml:"))
+        .collect()
+}
+
+#[test]
+fn dag_status_and_run_reject_every_bad_param_before_running_anything() {
+    let p = project();
+    for command in [&["dag"][..], &["status"], &["run"]] {
+        let out = p.run(command);
+        assert_eq!(out.code, 2, "{command:?}\n{}", out.all());
+        assert_eq!(errors(&out.stderr), EXPECTED, "{command:?}\n{}", out.all());
+        assert!(!out.stderr.contains("no-such-folder"), "{}", out.all());
+        assert!(out.ran().is_empty(), "{}", out.all());
+    }
+    assert!(!p.path().join("artifacts/objects").exists());
+    assert!(!p.lock_path().exists());
+}
+
+#[test]
+fn status_json_lists_each_param_problem_with_its_position() {
+    let p = project();
+    let out = p.run(&["status", "--json"]);
+    assert_eq!(out.code, 2, "{}", out.all());
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON on stdout");
+    let located: Vec<String> = json["error"]["errors"]
+        .as_array()
+        .expect("an errors list")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}:{}: {}",
+                e["file"].as_str().unwrap_or_default(),
+                e["line"],
+                e["column"],
+                e["message"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(located, EXPECTED);
+    assert_eq!(json["error"]["kind"], "config");
+}
+
+#[test]
+fn fixing_the_params_lets_the_pipeline_plan() {
+    let p = project();
+    let fixed = PIPELINE
+        .replace("train: 1.5", "train: 0.6")
+        .replace("test: 0.1", "test: 0.2")
+        .replace("segment_samples: 0", "segment_samples: 4096")
+        .replace("n_mels: 0", "n_mels: 32")
+        .replace("hop_length: 0", "hop_length: 256");
+    p.write_config(&fixed);
+    let out = p.run(&["dag"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(out.stdout.contains("features (features)"), "{}", out.all());
+}
