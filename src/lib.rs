@@ -18,6 +18,7 @@ pub mod code_digest;
 pub mod config;
 pub mod dag;
 pub mod engine;
+pub mod family;
 pub mod hashing;
 pub mod inspect;
 pub mod lock;
