@@ -41,11 +41,12 @@ pub enum Command {
     /// descendants only; the others finish. When pipeline.yaml sets `dataset.synthetic`, the embedded
     /// synthetic corpus is generated into `dataset.root` first if it is not there yet.
     Run {
-        /// Run only this stage and what it depends on.
+        /// Run only this stage and what it depends on. A family name (an entry with `foreach:`) means all
+        /// its members; one member is named in full, e.g. 'train[fold=0,salt=x]' (quoted for the shell).
         #[arg(long, value_name = "STAGE")]
         until: Option<String>,
-        /// Re-run this stage even if cached (repeatable); its outputs must come out bit-identical, or the run
-        /// reports the stage as nondeterministic.
+        /// Re-run this stage even if cached (repeatable; a family name forces all its members); its outputs
+        /// must come out bit-identical, or the run reports the stage as nondeterministic.
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
         /// Worker threads shared by all stages (independent stages run side by side). Results never depend
@@ -83,6 +84,9 @@ pub enum Command {
         /// Machine-readable output: one JSON object on stdout, even on errors (see above).
         #[arg(long)]
         json: bool,
+        /// Show only these stages (a family name shows all its members); the exit status is about them.
+        #[arg(value_name = "STAGE")]
+        stages: Vec<String>,
     },
     /// Print the stage graph.
     Dag {
@@ -92,6 +96,7 @@ pub enum Command {
     /// Show the upstream tree of a stage's artifacts (or of an artifact, by digest): params, digests, lineage.
     Lineage {
         /// A stage name, or an artifact or manifest digest (a unique prefix of 6+ hex characters will do).
+        /// A family name shows the tree of each member in turn (an array with --json).
         target: String,
         /// Machine-readable output, with the full record-level lineage.
         #[arg(long)]

@@ -1,8 +1,9 @@
 //! `pipeline.yaml`: parsed with serde_yaml into typed structs, every error located by file, line and column.
 //!
 //! The file has two sections: `dataset` (where the raw audio is, and optionally how to synthesise it) and
-//! `stages` (a list of `{name, kind, inputs, params}`). Params stay untyped here; each stage kind validates
-//! its own (see `dag.rs`), and errors are pointed back at their line with [`Locator`].
+//! `stages` (a list of `{name, kind, inputs, params, foreach}`). Params stay untyped here; each stage kind
+//! validates its own (see `dag.rs`), an entry with `foreach:` is expanded into its members by `family.rs`,
+//! and errors are pointed back at their line with [`Locator`].
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +87,14 @@ struct RawStage {
     params: serde_yaml::Value,
     #[serde(default)]
     exec: crate::exec::ExecConfig,
+    #[serde(default, deserialize_with = "present")]
+    foreach: Option<serde_yaml::Value>,
+}
+
+/// `Some` whenever the key is written, even as `foreach:` with nothing after it: an empty matrix is a
+/// mistake to report, not a plain stage.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_yaml::Value>, D::Error> {
+    serde_yaml::Value::deserialize(d).map(Some)
 }
 
 /// The dataset section, with `root` resolved against the config file's folder.
@@ -109,6 +118,8 @@ pub struct StageConfig {
     pub params: serde_yaml::Value,
     /// This stage's `exec:` block over the global one (see `exec.rs`): run settings, never in a key.
     pub exec: crate::exec::ExecConfig,
+    /// The matrix of a stage family (param name -> values), as written; `None` for a plain stage.
+    pub foreach: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +180,7 @@ impl Pipeline {
                     inputs: s.inputs,
                     params: s.params,
                     exec: s.exec.over(&global_exec),
+                    foreach: s.foreach,
                 })
                 .collect(),
             source,
@@ -206,8 +218,16 @@ impl Locator<'_> {
             .collect()
     }
 
-    /// Line (0-based) of the `name:` line of the `nth` stage called `name`.
+    /// Lines (0-based, end exclusive) of the `nth` stage called `name`, from its `name:` line. A family
+    /// member (`train[fold=0]`) is found at its family's entry, since only the family is written.
     fn stage_line(&self, name: &str, nth: usize) -> Option<(usize, usize)> {
+        self.entry_lines(name, nth).or_else(|| {
+            let family = name.strip_suffix(']')?.split_once('[')?.0;
+            self.entry_lines(family, nth)
+        })
+    }
+
+    fn entry_lines(&self, name: &str, nth: usize) -> Option<(usize, usize)> {
         let lines = self.stage_lines();
         let pos = lines
             .iter()
@@ -267,6 +287,82 @@ impl Locator<'_> {
 }
 
 impl Locator<'_> {
+    /// An error at a nested key of the stage `name` (its `nth` occurrence), given by its path of keys from
+    /// the stage (`["foreach", "fold"]`): at the deepest key of the path that is found, block or flow style,
+    /// else at the stage's `name:` line. [`Locator::error`] finds the first line mentioning a key anywhere
+    /// in the stage, which is ambiguous for a key that may be written both under `params:` and `foreach:`.
+    pub fn nested_error(
+        &self,
+        stage: &str,
+        nth: usize,
+        path: &[&str],
+        message: String,
+    ) -> ConfigError {
+        let lines: Vec<&str> = self.source.lines().collect();
+        let indent = |text: &str| text.len() - text.trim_start().len();
+        let Some((start, end)) = self.stage_line(stage, nth) else {
+            return self.error(stage, nth, None, message);
+        };
+        let end = end.min(lines.len());
+        // The stage's own keys sit at the column of its `name:` key.
+        let name_column = lines[start].find("name:").unwrap_or(0);
+        // (line, column) of the deepest key found so far.
+        let mut at = (start, name_column);
+        for (depth, key) in path.iter().enumerate() {
+            let is_key_line = |text: &str| {
+                let body = text.trim_start().trim_start_matches('-').trim_start();
+                body.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
+            };
+            let mut hit = None;
+            for (i, text) in lines.iter().enumerate().take(end).skip(at.0) {
+                let body = text.trim_start();
+                if body.is_empty() || body.starts_with('#') {
+                    continue;
+                }
+                let column = text.len() - body.trim_start_matches('-').trim_start().len();
+                if depth == 0 {
+                    if column == name_column && is_key_line(text) {
+                        hit = Some((i, column));
+                        break;
+                    }
+                    continue;
+                }
+                if i > at.0 && indent(text) <= at.1 {
+                    break;
+                }
+                if i > at.0 && is_key_line(text) {
+                    hit = Some((i, column));
+                    break;
+                }
+            }
+            // Flow style (`foreach: {fold: [0, 1]}`): the key is on its parent's line.
+            if hit.is_none() && depth > 0 {
+                let text = lines[at.0];
+                let tail = &text[at.1..];
+                hit = tail
+                    .match_indices(key)
+                    .map(|(i, _)| at.1 + i)
+                    .find(|&i| {
+                        token_column(&text[i..], key) == Some(0)
+                            && text[..i].ends_with(['{', ' ', ','])
+                            && text[i + key.len()..].trim_start().starts_with(':')
+                    })
+                    .map(|i| (at.0, i));
+            }
+            match hit {
+                Some(h) => at = h,
+                None => break,
+            }
+        }
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: at.0 + 1,
+            column: at.1 + 1,
+            message,
+        }
+    }
+
     /// An error at a key outside the stages, given by its path of block-style keys (`["dataset",
     /// "synthetic", "seed"]`): at the deepest key of the path that is found, or without a position when not
     /// even the first one is.
@@ -396,6 +492,31 @@ mod tests {
             loc.key_error(&["nowhere"], "bad".into()).to_string(),
             "p.yaml: bad"
         );
+    }
+
+    #[test]
+    fn locator_finds_members_at_their_family_and_keys_under_foreach() {
+        let yaml = YAML.replace(
+            "    params:\n      salt: x\n",
+            "    foreach:\n      salt: [x, y]\n    params:\n      fail: false\n  - name: c\n    kind: toy_map\n    foreach: {fail: [true], salt: [z]}\n    params: {salt: q}\n",
+        );
+        let p = Pipeline::parse(Path::new("p.yaml"), yaml).unwrap();
+        let loc = p.locator();
+        let at = |stage: &str, path: &[&str]| {
+            let e = loc.nested_error(stage, 0, path, "bad".into());
+            (e.line, e.column)
+        };
+        assert_eq!(at("b[salt=x]", &[]), (8, 5));
+        assert_eq!(at("b[salt=x]", &["foreach"]), (11, 5));
+        assert_eq!(at("b", &["foreach", "salt"]), (12, 7));
+        assert_eq!(at("b", &["params", "fail"]), (14, 7));
+        // Flow style: on the parent's line, and never the same key under another parent.
+        assert_eq!(at("c", &["foreach", "salt"]), (17, 29));
+        assert_eq!(at("c", &["params", "salt"]), (18, 14));
+        // A key that is not there: its deepest parent that is.
+        assert_eq!(at("c", &["foreach", "seed"]), (17, 5));
+        let e = loc.error("b[salt=y]", 0, Some("kind"), "bad".into());
+        assert_eq!((e.line, e.column), (9, 5));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The validated stage graph: every stage's kind resolved, params canonicalised, inputs checked, cycles
-//! rejected. All validation errors are collected, sorted by line, and reported together.
+//! The validated stage graph: families expanded into their members (`family.rs`), every stage's kind
+//! resolved, params canonicalised, inputs checked, cycles rejected. All validation errors are collected,
+//! sorted by line, and reported together.
 //!
 //! Invariant: a [`Dag`] is acyclic, its `order` is a topological order that is stable (ties broken by the
 //! order stages appear in pipeline.yaml), and every artifact a stage needs is produced by exactly one of its
@@ -7,8 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{ConfigError, ConfigErrors, Pipeline};
-use crate::stage::{StageKind, DATASET};
+use crate::config::{ConfigError, ConfigErrors, Locator, Pipeline};
+use crate::family::{self, Expansion, Member};
+use crate::stage::{ParamError, StageKind, DATASET};
 
 /// A stage ready to plan: its kind, canonical params and where each needed artifact comes from.
 pub struct Node<'r> {
@@ -26,6 +28,8 @@ pub struct Dag<'r> {
     pub nodes: Vec<Node<'r>>,
     /// Indices into `nodes`, dependencies first.
     pub order: Vec<usize>,
+    /// Family name -> member names (each a node), in expansion order.
+    pub families: BTreeMap<String, Vec<String>>,
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -60,40 +64,29 @@ impl<'r> Dag<'r> {
     ) -> Result<Dag<'r>, ConfigErrors> {
         let loc = pipeline.locator();
         let mut errors: Vec<ConfigError> = Vec::new();
-        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-        let names: BTreeSet<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+        let expansion = family::expand(pipeline, &mut errors);
+        let stages = &expansion.stages;
+        let names: BTreeSet<&str> = pipeline
+            .stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(stages.iter().map(|s| s.name.as_str()))
+            .collect();
+        // A family's members share their entry, so an error about the entry is reported once.
+        let mut param_errors_seen: BTreeSet<(&str, String)> = BTreeSet::new();
         let mut nodes = Vec::new();
 
-        for stage in &pipeline.stages {
-            let nth = *seen.get(stage.name.as_str()).unwrap_or(&0);
-            seen.insert(&stage.name, nth + 1);
-            if nth > 0 {
-                errors.push(loc.error(
-                    &stage.name,
-                    nth,
-                    None,
-                    format!("duplicate stage name `{}`", stage.name),
-                ));
-                continue;
-            }
-            if stage.name == DATASET {
-                errors.push(loc.error(
-                    &stage.name,
-                    0,
-                    None,
-                    format!("`{DATASET}` is reserved for the raw dataset"),
-                ));
-                continue;
-            }
+        for stage in stages {
+            let entry = stage.entry_name();
             let Some(kind) = registry.iter().find(|k| k.kind() == stage.kind) else {
                 let known: Vec<&str> = registry.iter().map(|k| k.kind()).collect();
                 errors.push(loc.error(
-                    &stage.name,
+                    entry,
                     0,
                     Some("kind"),
                     format!(
                         "stage `{}`: unknown stage kind `{}`{}; known kinds: {}",
-                        stage.name,
+                        entry,
                         stage.kind,
                         suggestion(&stage.kind, known.iter().copied()),
                         known.join(", ")
@@ -104,16 +97,28 @@ impl<'r> Dag<'r> {
             let params = match kind.canonical_params(&stage.params) {
                 Ok(p) => p,
                 Err(e) => {
-                    let hint = unknown_field_hint(&e.message);
-                    errors.push(loc.error(
-                        &stage.name,
-                        0,
-                        e.key.as_deref(),
-                        format!(
-                            "stage `{}` ({}): params: {}{hint}",
-                            stage.name, stage.kind, e.message
-                        ),
-                    ));
+                    if stage.family.is_some()
+                        && !param_errors_seen.insert((entry, e.message.clone()))
+                    {
+                        continue;
+                    }
+                    errors.push(family_param_error(&loc, stage, &e).unwrap_or_else(|| {
+                        let hint = unknown_field_hint(&e.message);
+                        // Name the member only when its own matrix values may be the cause.
+                        let label = match e.key.as_deref() {
+                            Some(key) if !stage.matrix_keys.iter().any(|k| k == key) => entry,
+                            _ => &stage.name,
+                        };
+                        loc.error(
+                            label,
+                            0,
+                            e.key.as_deref(),
+                            format!(
+                                "stage `{label}` ({}): params: {}{hint}",
+                                stage.kind, e.message
+                            ),
+                        )
+                    }));
                     continue;
                 }
             };
@@ -129,40 +134,71 @@ impl<'r> Dag<'r> {
                     format!("stage `{}` ({}): params: {problem}", stage.name, stage.kind),
                 ));
             }
+            if stage.inputs.iter().any(|i| expansion.is_dropped(i)) {
+                continue;
+            }
+            let inputs = expansion.resolve_inputs(&stage.inputs);
             let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for input in &stage.inputs {
                 if input != DATASET && !names.contains(input.as_str()) {
                     errors.push(loc.error(
-                        &stage.name,
+                        entry,
                         0,
                         Some(input),
                         format!(
                             "stage `{}`: input `{input}` is not a stage in this pipeline{}",
-                            stage.name,
+                            entry,
                             suggestion(input, names.iter().copied().chain([DATASET]))
                         ),
                     ));
                 }
             }
+            errors.extend(repeated_members(&loc, &expansion, stage));
             for need in kind.needs() {
-                let providers: Vec<String> = stage
-                    .inputs
+                let providers: Vec<String> = inputs
                     .iter()
-                    .filter(|input| provides(pipeline, registry, input, need.artifact))
+                    .filter(|input| provides(stages, registry, input, need.artifact))
                     .cloned()
                     .collect();
+                let family_input = stage.inputs.iter().find(|i| {
+                    expansion.families.get(*i).is_some_and(|members| {
+                        members
+                            .iter()
+                            .any(|m| provides(stages, registry, m, need.artifact))
+                    })
+                });
+                if let (false, Some(family)) = (need.many, family_input) {
+                    let members = &expansion.families[family];
+                    errors.push(loc.error(
+                        entry,
+                        0,
+                        Some(family),
+                        format!(
+                            "stage `{entry}` ({}) takes one `{}`, but input `{family}` is a family of {} \
+                             stages; a family name stands for all its members, which only a kind taking \
+                             many `{}` accepts: list one member instead, such as `{}`",
+                            stage.kind,
+                            need.artifact,
+                            members.len(),
+                            need.artifact,
+                            members.first().map(String::as_str).unwrap_or_default()
+                        ),
+                    ));
+                    sources.insert(need.artifact.to_string(), providers);
+                    continue;
+                }
                 let ok = if need.many {
                     !providers.is_empty()
                 } else {
                     providers.len() == 1
                 };
                 if !ok {
-                    let producers: Vec<&str> = pipeline
-                        .stages
+                    let mut producers: Vec<&str> = stages
                         .iter()
-                        .filter(|s| provides(pipeline, registry, &s.name, need.artifact))
-                        .map(|s| s.name.as_str())
+                        .filter(|s| provides(stages, registry, &s.name, need.artifact))
+                        .map(|s| s.entry_name())
                         .collect();
+                    producers.dedup();
                     let hint = if need.artifact == DATASET {
                         format!("add `{DATASET}` to its inputs")
                     } else if producers.is_empty() {
@@ -176,12 +212,12 @@ impl<'r> Dag<'r> {
                         format!("several inputs provide it ({})", providers.join(", "))
                     };
                     errors.push(loc.error(
-                        &stage.name,
+                        entry,
                         0,
                         Some("inputs"),
                         format!(
                             "stage `{}` ({}) needs artifact `{}`, but {problem}; {hint}",
-                            stage.name, stage.kind, need.artifact
+                            entry, stage.kind, need.artifact
                         ),
                     ));
                 }
@@ -198,7 +234,7 @@ impl<'r> Dag<'r> {
             nodes.push(Node {
                 name: stage.name.clone(),
                 kind: kind.as_ref(),
-                inputs: stage.inputs.clone(),
+                inputs,
                 params,
                 sources,
                 exec: stage.exec.clone(),
@@ -207,7 +243,13 @@ impl<'r> Dag<'r> {
 
         if errors.is_empty() {
             match topological_order(&nodes) {
-                Ok(order) => return Ok(Dag { nodes, order }),
+                Ok(order) => {
+                    return Ok(Dag {
+                        nodes,
+                        order,
+                        families: expansion.families,
+                    })
+                }
                 Err(cycle) => errors.push(loc.error(
                     &cycle[0],
                     0,
@@ -216,8 +258,28 @@ impl<'r> Dag<'r> {
                 )),
             }
         }
+        // Members of one family repeat their entry's errors word for word: keep the first of each.
+        let mut seen = BTreeSet::new();
+        errors.retain(|e| seen.insert((e.line, e.column, e.message.clone())));
         errors.sort_by_key(|e| (e.line, e.column));
         Err(ConfigErrors(errors))
+    }
+
+    /// The stages `name` selects: a stage (or member) alone, or every member of a family, in expansion
+    /// order; `None` when it names neither.
+    pub fn select(&self, name: &str) -> Option<Vec<usize>> {
+        match self.families.get(name) {
+            Some(members) => members.iter().map(|m| self.index(m)).collect(),
+            None => self.index(name).map(|i| vec![i]),
+        }
+    }
+
+    /// Every name [`Dag::select`] accepts, for "did you mean" hints.
+    pub fn selectable_names(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .chain(self.families.keys().map(String::as_str))
     }
 
     pub fn index(&self, name: &str) -> Option<usize> {
@@ -291,23 +353,42 @@ impl<'r> Dag<'r> {
                 if self.uses_dataset() {
                     out.push_str(&format!("  \"{DATASET}\" [shape=cylinder];\n"));
                 }
+                // Ids are quoted, so member names (`train[fold=0]`) are valid ids as they are.
+                let quoted = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
                 for &i in &self.order {
                     let n = &self.nodes[i];
                     out.push_str(&format!(
                         "  \"{}\" [label=\"{}\\n({})\"];\n",
-                        n.name,
-                        n.name,
+                        quoted(&n.name),
+                        quoted(&n.name),
                         n.kind.kind()
                     ));
                 }
                 for (a, b) in edges {
-                    out.push_str(&format!("  \"{a}\" -> \"{b}\";\n"));
+                    out.push_str(&format!("  \"{}\" -> \"{}\";\n", quoted(a), quoted(b)));
                 }
                 out.push_str("}\n");
             }
             DagFormat::Mermaid => {
                 out.push_str("flowchart LR\n");
-                let id = |s: &str| s.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+                // Mermaid ids must be plain words; names that flatten to the same word (`a-b`, `a_b`, or
+                // `t[x=1]` and `t_x_1_`) get a numeric suffix so no two nodes merge.
+                let mut ids: BTreeMap<&str, String> = BTreeMap::new();
+                let mut taken: BTreeSet<String> = BTreeSet::new();
+                let names = std::iter::once(DATASET)
+                    .chain(self.order.iter().map(|&i| self.nodes[i].name.as_str()));
+                for name in names {
+                    let base = name.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+                    let mut candidate = base.clone();
+                    let mut n = 1;
+                    while taken.contains(&candidate) {
+                        n += 1;
+                        candidate = format!("{base}_{n}");
+                    }
+                    taken.insert(candidate.clone());
+                    ids.insert(name, candidate);
+                }
+                let id = |s: &str| ids.get(s).cloned().unwrap_or_default();
                 if self.uses_dataset() {
                     out.push_str(&format!("  {}[({DATASET})]\n", id(DATASET)));
                 }
@@ -348,9 +429,53 @@ pub fn unknown_field_hint(message: &str) -> String {
     suggestion(field, candidates)
 }
 
+/// A member's params error that is about its family's matrix rather than its own values: a matrix key the
+/// kind does not accept, pointed at under `foreach:`. `None` for any other error.
+fn family_param_error(loc: &Locator, stage: &Member, e: &ParamError) -> Option<ConfigError> {
+    let family = stage.family.as_deref()?;
+    let key = e.key.as_deref()?;
+    if !e.message.starts_with("unknown field") || !stage.matrix_keys.iter().any(|k| k == key) {
+        return None;
+    }
+    Some(loc.nested_error(
+        family,
+        0,
+        &["foreach", key],
+        format!(
+            "stage `{family}` ({}): foreach: {}{}; a foreach key must be a param of the kind",
+            stage.kind,
+            e.message,
+            unknown_field_hint(&e.message)
+        ),
+    ))
+}
+
+/// A member listed twice among a stage's inputs, once through its family's name and once by itself:
+/// almost certainly a mistake, and it would feed the same artifact twice.
+fn repeated_members(loc: &Locator, expansion: &Expansion, stage: &Member) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    for (family, members) in &expansion.families {
+        if !stage.inputs.contains(family) {
+            continue;
+        }
+        for member in members.iter().filter(|m| stage.inputs.contains(m)) {
+            out.push(loc.error(
+                stage.entry_name(),
+                0,
+                Some(family),
+                format!(
+                    "stage `{}`: input `{member}` is listed twice: by itself and as a member of `{family}`",
+                    stage.entry_name()
+                ),
+            ));
+        }
+    }
+    out
+}
+
 /// Does the stage (or the dataset) called `name` produce `artifact`?
 fn provides(
-    pipeline: &Pipeline,
+    stages: &[Member],
     registry: &[Box<dyn StageKind>],
     name: &str,
     artifact: &str,
@@ -358,8 +483,7 @@ fn provides(
     if name == DATASET {
         return artifact == DATASET;
     }
-    pipeline
-        .stages
+    stages
         .iter()
         .find(|s| s.name == name)
         .and_then(|s| registry.iter().find(|k| k.kind() == s.kind))
@@ -414,6 +538,108 @@ fn topological_order(nodes: &[Node]) -> Result<Vec<usize>, Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    const HEAD: &str = "dataset:\n  root: data\nstages:\n  - name: ingest\n    kind: ingest\n    inputs: [dataset]\n";
+
+    /// Build `HEAD` + `stages` with the real kinds; the errors as printed when it fails.
+    fn build(stages: &str) -> Result<Vec<(String, Vec<String>, serde_json::Value)>, String> {
+        let p = Pipeline::parse(Path::new("p.yaml"), format!("{HEAD}{stages}")).expect("parses");
+        let registry = crate::stages::registry();
+        let dag = Dag::build(&p, &registry).map_err(|e| e.to_string())?;
+        Ok(dag
+            .order
+            .iter()
+            .map(|&i| {
+                let n = &dag.nodes[i];
+                (n.name.clone(), n.inputs.clone(), n.params.clone())
+            })
+            .collect())
+    }
+
+    #[test]
+    fn members_are_nodes_with_matrix_params_and_family_inputs_expand() {
+        let nodes = build(
+            "  - name: split\n    kind: split\n    inputs: [ingest]\n    foreach:\n      train: [0.6, 0.5]\n    params: {val: 0.2}\n  - name: slice\n    kind: slice\n    inputs: [ingest, 'split[train=0.5]']\n",
+        )
+        .expect("valid");
+        let names: Vec<&str> = nodes.iter().map(|n| n.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["ingest", "split[train=0.6]", "split[train=0.5]", "slice"]
+        );
+        assert_eq!(nodes[2].2["train"], serde_json::json!(0.5));
+        assert_eq!(nodes[2].2["val"], serde_json::json!(0.2));
+        assert_eq!(nodes[3].1, ["ingest", "split[train=0.5]"]);
+    }
+
+    #[test]
+    fn a_family_feeds_only_a_need_for_many() {
+        let err = build(
+            "  - name: split\n    kind: split\n    inputs: [ingest]\n    foreach: {val: [0.2, 0.3]}\n  - name: slice\n    kind: slice\n    inputs: [ingest, split]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("p.yaml:13:22: stage `slice` (slice) takes one `split`, but input `split` is a family of 2 stages"),
+            "{err}"
+        );
+        assert!(err.contains("such as `split[val=0.2]`"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn matrix_errors_are_reported_once_per_family_at_the_matrix_key() {
+        let err = build(
+            "  - name: split\n    kind: split\n    inputs: [ingest]\n    foreach:\n      tran: [0.6, 0.5]\n  - name: other\n    kind: split\n    inputs: [ingest]\n    foreach:\n      train: [0.6, x]\n",
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(
+            lines[0]
+                .starts_with("p.yaml:11:7: stage `split` (split): foreach: unknown field `tran`"),
+            "{err}"
+        );
+        assert!(lines[0].contains("(did you mean `train`?)"), "{err}");
+        assert!(
+            lines[1].starts_with(
+                "p.yaml:16:7: stage `other[train=x]` (split): params: train: invalid type"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn mermaid_ids_stay_distinct_when_names_flatten_alike() {
+        let p = Pipeline::parse(
+            Path::new("p.yaml"),
+            format!("{HEAD}  - name: ingest2_sample_rate_1000_\n    kind: ingest\n    inputs: [dataset]\n  - name: ingest2\n    kind: ingest\n    inputs: [dataset]\n    foreach: {{sample_rate: [1000]}}\n"),
+        )
+        .expect("parses");
+        let registry = crate::stages::registry();
+        let dag = Dag::build(&p, &registry).expect("valid");
+        let mermaid = dag.render(DagFormat::Mermaid);
+        assert!(
+            mermaid.contains("  ingest2_sample_rate_1000_[\"ingest2_sample_rate_1000_ (ingest)\"]"),
+            "{mermaid}"
+        );
+        assert!(
+            mermaid
+                .contains("  ingest2_sample_rate_1000__2[\"ingest2[sample_rate=1000] (ingest)\"]"),
+            "{mermaid}"
+        );
+        let dot = dag.render(DagFormat::Dot);
+        assert!(
+            dot.contains("\"dataset\" -> \"ingest2[sample_rate=1000]\";"),
+            "{dot}"
+        );
+        assert_eq!(dag.select("ingest2").map(|v| v.len()), Some(1));
+        assert_eq!(
+            dag.select("ingest2[sample_rate=1000]").map(|v| v.len()),
+            Some(1)
+        );
+        assert_eq!(dag.select("nope"), None);
+    }
 
     #[test]
     fn suggestions_catch_typos_only() {

@@ -595,6 +595,7 @@ struct Job<'f> {
 }
 
 /// Run every stale stage (of `--until`'s ancestors, when given), calling `report` as each stage ends.
+/// `--until` and `--force` take a stage, a family member or a family (all its members).
 pub fn run(
     project: &Project,
     pipeline: &Pipeline,
@@ -606,14 +607,17 @@ pub fn run(
     let _project_lock = project.lock(true, "run")?;
     let files = resolve_param_files(project, pipeline, dag)?;
     let selected: BTreeSet<usize> = match &options.until {
-        Some(name) => {
-            let idx = dag.index(name).ok_or_else(|| unknown_stage(dag, name))?;
-            dag.ancestors_and_self(idx)
-        }
+        Some(name) => dag
+            .select(name)
+            .ok_or_else(|| unknown_stage(dag, name))?
+            .into_iter()
+            .flat_map(|idx| dag.ancestors_and_self(idx))
+            .collect(),
         None => (0..dag.nodes.len()).collect(),
     };
+    let mut forced_stages = BTreeSet::new();
     for name in &options.force {
-        dag.index(name).ok_or_else(|| unknown_stage(dag, name))?;
+        forced_stages.extend(dag.select(name).ok_or_else(|| unknown_stage(dag, name))?);
     }
     let dataset = if selected
         .iter()
@@ -694,7 +698,7 @@ pub fn run(
                     let Some(planned) = plan_stage(dag, idx, &upstream, &files[idx]) else {
                         continue;
                     };
-                    let forced = options.force.contains(&node.name);
+                    let forced = forced_stages.contains(&idx);
                     let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
                     let lookup = project.store.lookup(&planned.key)?;
                     if let (Lookup::Hit(record), false) = (&lookup, forced) {
@@ -819,10 +823,10 @@ fn panic_message(stage: &str, panic: &Box<dyn std::any::Any + Send>) -> String {
     format!("stage `{stage}` panicked: {what} (a bug in the stage: please report it)")
 }
 
-fn unknown_stage(dag: &Dag, name: &str) -> EngineError {
+pub fn unknown_stage(dag: &Dag, name: &str) -> EngineError {
     EngineError::UnknownStage(
         name.to_string(),
-        crate::dag::suggestion(name, dag.nodes.iter().map(|n| n.name.as_str())),
+        crate::dag::suggestion(name, dag.selectable_names()),
     )
 }
 

@@ -19,6 +19,7 @@ pub mod config;
 pub mod dag;
 pub mod engine;
 pub mod exec;
+pub mod family;
 pub mod hashing;
 pub mod inspect;
 pub mod lock;

@@ -105,9 +105,21 @@ fn plural(n: usize, noun: &str) -> String {
 }
 
 /// `status`: every stage's state, as text or JSON. Exit 0 when all are up to date, 1 when any is stale.
-fn status(config: &Path, registry: &[Box<dyn StageKind>], json: bool) -> anyhow::Result<ExitCode> {
+fn status(
+    config: &Path,
+    registry: &[Box<dyn StageKind>],
+    json: bool,
+    only: &[String],
+) -> anyhow::Result<ExitCode> {
     let pipeline = load(config)?;
     let dag = build(&pipeline, registry)?;
+    let mut shown = std::collections::BTreeSet::new();
+    for name in only {
+        let selected = dag
+            .select(name)
+            .ok_or_else(|| engine::unknown_stage(&dag, name))?;
+        shown.extend(selected.into_iter().map(|i| dag.nodes[i].name.clone()));
+    }
     let synthetic = synth_params(&pipeline)?.is_some();
     let project = Project::open(config)?;
     let not_generated = synthetic && !pipeline.dataset.root.exists();
@@ -129,6 +141,11 @@ fn status(config: &Path, registry: &[Box<dyn StageKind>], json: bool) -> anyhow:
     } else {
         engine::status(&project, &pipeline, &dag)?
     };
+    // Every stage is planned (a stage's state depends on its ancestors'); only the named ones are shown.
+    let statuses: Vec<engine::StageStatus> = statuses
+        .into_iter()
+        .filter(|s| shown.is_empty() || shown.contains(&s.name))
+        .collect();
     let stale = statuses.iter().any(|s| s.state != State::UpToDate);
     if json {
         let rows: Vec<serde_json::Value> = statuses
@@ -241,8 +258,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Status { json } = cli.command {
-        return match status(&cli.config, &registry, json) {
+    if let Command::Status { json, stages } = &cli.command {
+        let json = *json;
+        return match status(&cli.config, &registry, json, stages) {
             Err(err) if json => {
                 // Scripts read stdout: it stays JSON even when nothing could be planned.
                 println!("{:#}", error_json(&err));
@@ -310,11 +328,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Lineage { target, json } => {
-            let tree = inspect::lineage(&project, &target)?;
+            let Some(members) = dag.families.get(&target) else {
+                let tree = inspect::lineage(&project, &target)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&tree)?);
+                } else {
+                    print!("{}", inspect::render_lineage(&tree));
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            let trees = members
+                .iter()
+                .map(|m| inspect::lineage(&project, m))
+                .collect::<Result<Vec<_>, _>>()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&tree)?);
+                println!("{}", serde_json::to_string_pretty(&trees)?);
             } else {
-                print!("{}", inspect::render_lineage(&tree));
+                let texts: Vec<String> = trees.iter().map(inspect::render_lineage).collect();
+                print!("{}", texts.join("\n"));
             }
             Ok(ExitCode::SUCCESS)
         }
