@@ -506,11 +506,28 @@ fn set_aside(store: &Store, key: &str, lookup: &Lookup) -> Result<(), StoreError
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     pub until: Option<String>,
     pub force: Vec<String>,
     pub jobs: usize,
+    /// Set (by Ctrl-C) to stop: no stage starts after it, running ones stop at their next safe point, and
+    /// the store and lock stay consistent (checkpoints are kept for the next run to resume from).
+    pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Where stages' progress events go; none: dropped.
+    pub on_progress: Option<crate::stage::ProgressSink>,
+}
+
+/// Why a stage did not publish.
+enum Stop {
+    Failed(String),
+    Cancelled,
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Stop {
+        Stop::Failed(message)
+    }
 }
 
 /// How one stage ended in a run.
@@ -531,6 +548,8 @@ pub enum Outcome {
     Skipped {
         failed_upstream: String,
     },
+    /// Stopped by a cancelled run (Ctrl-C), or never started because of it.
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -565,6 +584,7 @@ impl StageResult {
                 short(key)
             ),
             Outcome::Failed { error } => format!("{n}: FAILED: {error}"),
+            Outcome::Cancelled => format!("{n}: cancelled (run again to resume)"),
             Outcome::Skipped { failed_upstream } => {
                 format!("{n}: skipped (upstream `{failed_upstream}` failed)")
             }
@@ -574,7 +594,7 @@ impl StageResult {
     pub fn failed(&self) -> bool {
         matches!(
             self.outcome,
-            Outcome::Failed { .. } | Outcome::Skipped { .. }
+            Outcome::Failed { .. } | Outcome::Skipped { .. } | Outcome::Cancelled
         )
     }
 }
@@ -604,6 +624,7 @@ pub fn run(
     mut report: impl FnMut(&StageResult),
 ) -> Result<Vec<StageResult>, EngineError> {
     let jobs = options.jobs.max(1);
+    let cancelled = || options.cancel.load(std::sync::atomic::Ordering::Relaxed);
     let _project_lock = project.lock(true, "run")?;
     let files = resolve_param_files(project, pipeline, dag)?;
     let selected: BTreeSet<usize> = match &options.until {
@@ -649,7 +670,7 @@ pub fn run(
     let mut slots: Vec<Slot> = (0..dag.nodes.len()).map(|_| Slot::Pending).collect();
     let mut results = Vec::new();
     let mut running = 0usize;
-    let (tx, rx) = mpsc::channel::<(usize, Result<(ActionRecord, Outcome, Vec<String>), String>)>();
+    let (tx, rx) = mpsc::channel::<(usize, Result<(ActionRecord, Outcome, Vec<String>), Stop>)>();
 
     std::thread::scope(|scope| -> Result<(), EngineError> {
         loop {
@@ -668,8 +689,12 @@ pub fn run(
                     if let Some(&bad) = deps.iter().find(|&&d| matches!(slots[d], Slot::Broken)) {
                         let result = StageResult {
                             name: node.name.clone(),
-                            outcome: Outcome::Skipped {
-                                failed_upstream: dag.nodes[bad].name.clone(),
+                            outcome: if cancelled() {
+                                Outcome::Cancelled
+                            } else {
+                                Outcome::Skipped {
+                                    failed_upstream: dag.nodes[bad].name.clone(),
+                                }
                             },
                             summary: Vec::new(),
                         };
@@ -727,6 +752,18 @@ pub fn run(
                         broken.append(&mut reasons);
                         reasons = broken;
                     }
+                    if cancelled() {
+                        let result = StageResult {
+                            name: node.name.clone(),
+                            outcome: Outcome::Cancelled,
+                            summary: Vec::new(),
+                        };
+                        report(&result);
+                        results.push(result);
+                        slots[idx] = Slot::Broken;
+                        progressed = true;
+                        continue;
+                    }
                     if running >= jobs {
                         continue;
                     }
@@ -766,11 +803,15 @@ pub fn run(
                                     dataset_root,
                                     jobs,
                                     multi,
+                                    options,
                                 )
                             })
                         }))
                         .unwrap_or_else(|panic| {
-                            Err(panic_message(&dag.nodes[job.idx].name, &panic))
+                            Err(Stop::Failed(panic_message(
+                                &dag.nodes[job.idx].name,
+                                &panic,
+                            )))
                         });
                         let _ = tx.send((job.idx, result));
                     });
@@ -795,10 +836,13 @@ pub fn run(
                     results.push(result);
                     slots[idx] = Slot::Done(record);
                 }
-                Err(error) => {
+                Err(stop) => {
                     let result = StageResult {
                         name: name.clone(),
-                        outcome: Outcome::Failed { error },
+                        outcome: match stop {
+                            Stop::Failed(error) => Outcome::Failed { error },
+                            Stop::Cancelled => Outcome::Cancelled,
+                        },
                         summary: Vec::new(),
                     };
                     report(&result);
@@ -887,7 +931,8 @@ fn execute(
     dataset_root: &str,
     jobs: usize,
     multi: &indicatif::MultiProgress,
-) -> Result<(ActionRecord, Outcome, Vec<String>), String> {
+    options: &RunOptions,
+) -> Result<(ActionRecord, Outcome, Vec<String>), Stop> {
     let node = &dag.nodes[job.idx];
     let planned = &job.planned;
     let store = &project.store;
@@ -950,7 +995,7 @@ fn execute(
                 let moved = store
                     .quarantine_object(&first.digest)
                     .map_err(|e| e.to_string())?;
-                return Err(format!(
+                return Err(Stop::Failed(format!(
                     "input `{}` from `{provider}` ({}) is {} in the store{}; run again to recompute it",
                     first.name,
                     short(&first.digest),
@@ -958,7 +1003,7 @@ fn execute(
                     moved
                         .map(|to| format!(" (moved to {})", to.display()))
                         .unwrap_or_default()
-                ));
+                )));
             }
             let path = if folder {
                 store.materialize_tree(digest).map_err(|e| e.to_string())?
@@ -1018,14 +1063,21 @@ fn execute(
     )
     .with_param_files(param_files)
     .with_exec(exec.clone())
+    .with_checkpoint_dir(lock.checkpoint.clone())
+    .with_cancel(options.cancel.clone())
     .with_progress(multi.clone());
+    let ctx = match &options.on_progress {
+        Some(sink) => ctx.with_events(sink.clone()),
+        None => ctx,
+    };
 
     let started = Instant::now();
     tracing::info!(stage = %node.name, key = %short(&planned.key), "running");
     let run_stage = || {
-        node.kind
-            .run(&node.params, &ctx)
-            .map_err(|e| format!("stage `{}` ({}): {e}", node.name, node.kind.kind()))
+        node.kind.run(&node.params, &ctx).map_err(|e| match e {
+            crate::stage::StageError::Cancelled => Stop::Cancelled,
+            e => Stop::Failed(format!("stage `{}` ({}): {e}", node.name, node.kind.kind())),
+        })
     };
     // A stage whose `exec.threads` differs from `-j` gets a pool of its own size: its rayon work must see
     // the budget it was given, whatever else runs beside it.
@@ -1047,11 +1099,11 @@ fn execute(
         let path = lock.scratch.join(name);
         let folder = is_folder_output(declared);
         if (folder && !path.is_dir()) || (!folder && !path.is_file()) {
-            return Err(format!(
+            return Err(Stop::Failed(format!(
                 "stage `{}` finished without writing its output `{name}`{}",
                 node.name,
                 if folder { " (a folder)" } else { "" }
-            ));
+            )));
         }
         let (digest, bytes) = if folder {
             folders.insert(name.to_string());
@@ -1125,7 +1177,7 @@ fn execute(
     let exact = node.kind.determinism() == Determinism::Exact;
     if let Lookup::Hit(old) = previous {
         if exact && old.outputs != record.outputs {
-            return Err(format!(
+            return Err(Stop::Failed(format!(
                 "stage `{}` is not deterministic: key {} produced different outputs than before ({}); \
                  the earlier result is kept",
                 node.name,
@@ -1136,7 +1188,7 @@ fn execute(
                     .map(|(k, v)| format!("{k}: {} → {}", short(v), short(record.outputs.get(k).map(String::as_str).unwrap_or(""))))
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
+            )));
         }
     }
     store.put_action(&record).map_err(|e| e.to_string())?;
@@ -1154,6 +1206,8 @@ fn execute(
         .map_err(|e| e.to_string())?;
     finish(project, dag, job.idx, planned, &record).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&lock.scratch);
+    // Published: the progress saved for a resume is of no more use.
+    let _ = std::fs::remove_dir_all(&lock.checkpoint);
     Ok((
         record,
         Outcome::Ran {

@@ -327,9 +327,8 @@ pub fn verify_rerun(
         store: crate::store::Store::open(&scratch.join("artifacts"))?,
     };
     let options = crate::engine::RunOptions {
-        until: None,
-        force: Vec::new(),
         jobs,
+        ..Default::default()
     };
     let results = crate::engine::run(&scratch_project, pipeline, dag, &options, |_| {});
     let rerun_lock = LockFile::load(&scratch_project.lock_path);

@@ -4,6 +4,8 @@
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -293,10 +295,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { until, force, jobs } => {
             prepare_dataset(&pipeline)?;
+            let cancel = Arc::new(AtomicBool::new(false));
+            {
+                let cancel = cancel.clone();
+                // First Ctrl-C: stop starting stages, let running ones reach a safe point. Second: leave now
+                // (every write is atomic, so even that leaves a consistent store).
+                ctrlc::set_handler(move || {
+                    if cancel.swap(true, Ordering::SeqCst) {
+                        std::process::exit(130);
+                    }
+                    eprintln!(
+                        "run: stopping at the next safe point (Ctrl-C again to stop at once)"
+                    );
+                })
+                .context("installing the Ctrl-C handler")?;
+            }
+            let on_terminal = std::io::stderr().is_terminal();
+            let on_progress: genrelab::stage::ProgressSink =
+                Arc::new(move |stage: &str, event: &genrelab::stage::ProgressEvent| {
+                    // One line per event either way: a terminal shows them above the progress bars.
+                    if on_terminal {
+                        eprint!("\r\x1b[2K{stage}: {event}\n");
+                    } else {
+                        eprintln!("{stage}: {event}");
+                    }
+                });
             let options = RunOptions {
                 until,
                 force,
                 jobs: jobs_or_cpus(jobs)?,
+                cancel: cancel.clone(),
+                on_progress: Some(on_progress),
             };
             let results = engine::run(&project, &pipeline, &dag, &options, |result| {
                 println!("{}", result.line());
@@ -310,10 +339,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cached = count(|o| matches!(o, engine::Outcome::Cached { .. }));
             let failed = count(|o| matches!(o, engine::Outcome::Failed { .. }));
             let skipped = count(|o| matches!(o, engine::Outcome::Skipped { .. }));
+            let cancelled = count(|o| matches!(o, engine::Outcome::Cancelled));
             println!(
-                "{} stages: {ran} ran, {cached} cached, {failed} failed, {skipped} skipped",
-                results.len()
+                "{} stages: {ran} ran, {cached} cached, {failed} failed, {skipped} skipped{}",
+                results.len(),
+                if cancelled > 0 {
+                    format!(", {cancelled} cancelled")
+                } else {
+                    String::new()
+                }
             );
+            if cancelled > 0 || cancel.load(Ordering::SeqCst) {
+                println!("run cancelled: the store and pipeline.lock are consistent; `genrelab run` resumes");
+                return Ok(ExitCode::from(130));
+            }
             let not_built: Vec<&str> = registry_gaps(&registry);
             if !not_built.is_empty() {
                 println!(

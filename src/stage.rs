@@ -74,6 +74,9 @@ pub enum StageError {
     BadInput { artifact: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    /// The run was asked to stop (Ctrl-C) and the stage stopped at a safe point; its checkpoint is kept.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl StageError {
@@ -195,7 +198,9 @@ pub struct StageReport {
     /// Record-level lineage (identities consumed and produced). Must be canonical: maps are BTreeMaps, lists
     /// are in a defined order. Stored in the artifact manifest, hashed with it.
     pub lineage: serde_json::Value,
-    /// A few human lines (`run` and `status` print them): quarantine, split sizes, accuracy.
+    /// A few human lines (`run` and `status` print them): quarantine, split sizes, accuracy. Hashed into the
+    /// manifest like the lineage, so a function of the inputs only: how a run went (resumed, how fast) is
+    /// told through [`StageContext::report_progress`] instead.
     pub summary: Vec<String>,
 }
 
@@ -363,6 +368,33 @@ pub enum Determinism {
     Tolerance,
 }
 
+/// One step of a long stage, as numbers `run` can draw (epoch, loss, accuracy, samples/s, ...).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProgressEvent {
+    /// What is counted: `epoch`, `step`, `fold`.
+    pub unit: &'static str,
+    pub done: u64,
+    pub total: Option<u64>,
+    /// Named measurements at this step, printed in name order.
+    pub values: BTreeMap<&'static str, f64>,
+}
+
+impl std::fmt::Display for ProgressEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.unit, self.done)?;
+        if let Some(total) = self.total {
+            write!(f, "/{total}")?;
+        }
+        for (name, value) in &self.values {
+            write!(f, " {name}={value:.4}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a stage's progress events go: the engine draws them (a terminal) or prints one line each.
+pub type ProgressSink = std::sync::Arc<dyn Fn(&str, &ProgressEvent) + Send + Sync>;
+
 /// Progress reporting for long loops; hidden when stderr is not a terminal.
 pub type Progress = indicatif::ProgressBar;
 
@@ -377,6 +409,9 @@ pub struct StageContext {
     outputs: Vec<&'static str>,
     files: BTreeMap<String, PathBuf>,
     exec: ExecSettings,
+    checkpoint: Option<PathBuf>,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    events: Option<ProgressSink>,
     progress: indicatif::MultiProgress,
 }
 
@@ -404,6 +439,9 @@ impl StageContext {
                 threads: threads.max(1),
                 ..ExecSettings::default()
             },
+            checkpoint: None,
+            cancel: Default::default(),
+            events: None,
             progress: indicatif::MultiProgress::with_draw_target(
                 indicatif::ProgressDrawTarget::hidden(),
             ),
@@ -421,6 +459,53 @@ impl StageContext {
         self.threads = exec.threads.max(1);
         self.exec = exec;
         self
+    }
+
+    /// A folder that survives a kill, for a long stage to save progress in and resume from.
+    pub fn with_checkpoint_dir(mut self, dir: PathBuf) -> Self {
+        self.checkpoint = Some(dir);
+        self
+    }
+
+    /// The flag the engine sets when the run is asked to stop.
+    pub fn with_cancel(mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.cancel = flag;
+        self
+    }
+
+    pub fn with_events(mut self, sink: ProgressSink) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
+    /// This key's checkpoint folder: empty on a first run, holding what the stage saved there when an
+    /// earlier run of the same key was killed or cancelled. Whatever is saved must make the resumed run end
+    /// with the bytes of an uninterrupted one (save RNG state with the weights, not only the weights).
+    pub fn checkpoint_dir(&self) -> Result<&Path, StageError> {
+        self.checkpoint
+            .as_deref()
+            .ok_or_else(|| StageError::Invalid("this stage was given no checkpoint folder".into()))
+    }
+
+    /// Whether the run was asked to stop; a long stage checks it at safe points.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `Err(Cancelled)` once the run was asked to stop: `ctx.stop_if_cancelled()?` at a safe point.
+    pub fn stop_if_cancelled(&self) -> Result<(), StageError> {
+        if self.cancelled() {
+            Err(StageError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Report one step of progress (drawn on a terminal, one line each otherwise).
+    pub fn report_progress(&self, event: &ProgressEvent) {
+        if let Some(sink) = &self.events {
+            sink(&self.stage_name, event);
+        }
     }
 
     /// Where to compute and how much memory to plan for; never part of the key.

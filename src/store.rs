@@ -11,6 +11,7 @@
 //!   locks/project.lock         one run or gc at a time per project; verify shares it
 //!   locks/<key>.lock           one OS advisory lock per stage key
 //!   tmp/<key>/                 scratch space of the process holding that key's lock
+//!   checkpoints/<key>/         a long stage's saved progress: kept across kills, removed once published
 //!   statcache.json             raw-input stat cache
 //! ```
 //!
@@ -177,6 +178,9 @@ fn write_file_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct KeyLock {
     _file: File,
     pub scratch: PathBuf,
+    /// Survives a kill (unlike `scratch`): a long stage saves its progress here and resumes from it. Removed
+    /// once the key's outputs are published.
+    pub checkpoint: PathBuf,
 }
 
 /// Write `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync the folder.
@@ -635,9 +639,12 @@ impl Store {
             fs::remove_dir_all(&scratch).map_err(io(&scratch))?;
         }
         fs::create_dir_all(&scratch).map_err(io(&scratch))?;
+        let checkpoint = self.root.join("checkpoints").join(key);
+        fs::create_dir_all(&checkpoint).map_err(io(&checkpoint))?;
         Ok(KeyLock {
             _file: file,
             scratch,
+            checkpoint,
         })
     }
 

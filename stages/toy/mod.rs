@@ -183,6 +183,73 @@ fn tree_list(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, St
     Ok(StageReport::default())
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CountParams {
+    pub steps: u64,
+    pub sleep_ms: u64,
+}
+
+impl StageParams for CountParams {}
+
+/// A long stage in miniature: `steps` steps folding a running value, each saved to the checkpoint folder
+/// (temp file + rename) and reported as a progress event; it stops at a safe point when cancelled and
+/// resumes from its checkpoint. With `GENRELAB_TOY_SIGNAL_DIR` set (outside the key), it creates
+/// `<dir>/<stage>.step-<n>` after saving step `n`, so a test can kill it at a known point.
+fn count(params: &CountParams, ctx: &StageContext) -> Result<StageReport, StageError> {
+    let state = ctx.checkpoint_dir()?.join("state");
+    let (mut step, mut value) = match std::fs::read_to_string(&state) {
+        Ok(text) => {
+            let mut parts = text.split_whitespace().map(str::parse::<u64>);
+            match (parts.next(), parts.next()) {
+                (Some(Ok(step)), Some(Ok(value))) => (step, value),
+                _ => {
+                    return Err(StageError::bad_file(
+                        &state,
+                        "not a checkpoint of this stage",
+                    ))
+                }
+            }
+        }
+        Err(_) => (0, 17),
+    };
+    if step > 0 {
+        // Told as progress, not in the summary: the manifest must not depend on where a run was killed.
+        ctx.report_progress(&crate::stage::ProgressEvent {
+            unit: "resumed at step",
+            done: step,
+            total: Some(params.steps),
+            values: Default::default(),
+        });
+    }
+    let signal_dir = std::env::var_os("GENRELAB_TOY_SIGNAL_DIR");
+    while step < params.steps {
+        ctx.stop_if_cancelled()?;
+        std::thread::sleep(Duration::from_millis(params.sleep_ms));
+        value = value.wrapping_mul(6364136223846793005).wrapping_add(step);
+        step += 1;
+        let tmp = state.with_extension("tmp");
+        std::fs::write(&tmp, format!("{step} {value}")).map_err(|e| StageError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &state).map_err(|e| StageError::io(&state, e))?;
+        ctx.report_progress(&crate::stage::ProgressEvent {
+            unit: "step",
+            done: step,
+            total: Some(params.steps),
+            values: [("loss", 1.0 / (step as f64 + 1.0))].into(),
+        });
+        if let Some(dir) = &signal_dir {
+            let mark = std::path::Path::new(dir).join(format!("{}.step-{step}", ctx.stage_name()));
+            std::fs::write(&mark, b"").map_err(|e| StageError::io(&mark, e))?;
+        }
+    }
+    let path = ctx.output_path("data")?;
+    std::fs::write(&path, format!("{value}\n")).map_err(|e| StageError::io(&path, e))?;
+    Ok(StageReport {
+        lineage: serde_json::Value::Null,
+        summary: vec![format!("{} steps", params.steps)],
+    })
+}
+
 const SCAN_NEEDS: &[Need] = &[Need::one("dataset")];
 const TREE_NEEDS: &[Need] = &[Need::one("tree")];
 const MAP_NEEDS: &[Need] = &[Need::many("data")];
@@ -215,6 +282,15 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             code_dirs: &["toy"],
             determinism: Determinism::Exact,
             run: map,
+        }),
+        Box::new(TypedStage::<CountParams> {
+            kind: "toy_count",
+            about: "a long stage in miniature: checkpoints, progress events, cancellation (engine tests)",
+            needs: &[],
+            outputs: &["data"],
+            code_dirs: &["toy"],
+            determinism: Determinism::Exact,
+            run: count,
         }),
         Box::new(TypedStage::<TreeParams> {
             kind: "toy_tree",

@@ -769,3 +769,26 @@ fn run_with_timeout(mut cmd: Command, what: &str, limit: std::time::Duration) ->
         stderr: read(err),
     }
 }
+
+impl Project {
+    /// Like [`Project::spawn`], with extra environment variables (run settings a test needs, never in keys).
+    pub fn spawn_env(&self, args: &[&str], env: &[(&str, &Path)]) -> Background {
+        let mut cmd = self.command(args);
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        Background::start(cmd, format!("genrelab {}", args.join(" ")))
+    }
+}
+
+impl Background {
+    /// Send SIGINT (what Ctrl-C sends) to the process.
+    pub fn interrupt(&mut self) {
+        let pid = self.child.as_ref().expect("a started child").id();
+        let status = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -INT {pid} failed");
+    }
+}
