@@ -175,11 +175,12 @@ impl<'r> Dag<'r> {
                         Some(family),
                         format!(
                             "stage `{entry}` ({}) takes one `{}`, but input `{family}` is a family of {} \
-                             stages; a family name stands for all its members, which only a kind taking \
+                             {}; a family name stands for all its members, which only a kind taking \
                              many `{}` accepts: list one member instead, such as `{}`",
                             stage.kind,
                             need.artifact,
                             members.len(),
+                            if members.len() == 1 { "stage" } else { "stages" },
                             need.artifact,
                             members.first().map(String::as_str).unwrap_or_default()
                         ),
@@ -560,30 +561,39 @@ mod tests {
     #[test]
     fn members_are_nodes_with_matrix_params_and_family_inputs_expand() {
         let nodes = build(
-            "  - name: split\n    kind: split\n    inputs: [ingest]\n    foreach:\n      train: [0.6, 0.5]\n    params: {val: 0.2}\n  - name: slice\n    kind: slice\n    inputs: [ingest, 'split[train=0.5]']\n",
+            "  - name: split\n    kind: split\n    inputs: [ingest]\n  - name: slice\n    kind: slice\n    inputs: [ingest, split]\n    foreach:\n      segments_per_track: [10, 5]\n    params: {segment_samples: 4096}\n  - name: features\n    kind: features\n    inputs: [dataset, ingest, 'slice[segments_per_track=5]']\n",
         )
         .expect("valid");
         let names: Vec<&str> = nodes.iter().map(|n| n.0.as_str()).collect();
         assert_eq!(
             names,
-            ["ingest", "split[train=0.6]", "split[train=0.5]", "slice"]
+            [
+                "ingest",
+                "split",
+                "slice[segments_per_track=10]",
+                "slice[segments_per_track=5]",
+                "features"
+            ]
         );
-        assert_eq!(nodes[2].2["train"], serde_json::json!(0.5));
-        assert_eq!(nodes[2].2["val"], serde_json::json!(0.2));
-        assert_eq!(nodes[3].1, ["ingest", "split[train=0.5]"]);
+        assert_eq!(nodes[3].2["segments_per_track"], serde_json::json!(5));
+        assert_eq!(nodes[3].2["segment_samples"], serde_json::json!(4096));
+        assert_eq!(
+            nodes[4].1,
+            ["dataset", "ingest", "slice[segments_per_track=5]"]
+        );
     }
 
     #[test]
     fn a_family_feeds_only_a_need_for_many() {
         let err = build(
-            "  - name: split\n    kind: split\n    inputs: [ingest]\n    foreach: {val: [0.2, 0.3]}\n  - name: slice\n    kind: slice\n    inputs: [ingest, split]\n",
+            "  - name: split\n    kind: split\n    inputs: [ingest]\n    foreach: {train: [0.6]}\n    params: {val: 0.2, test: 0.2}\n  - name: slice\n    kind: slice\n    inputs: [ingest, split]\n",
         )
         .unwrap_err();
         assert!(
-            err.starts_with("p.yaml:13:22: stage `slice` (slice) takes one `split`, but input `split` is a family of 2 stages"),
+            err.starts_with("p.yaml:14:22: stage `slice` (slice) takes one `split`, but input `split` is a family of 1 stage;"),
             "{err}"
         );
-        assert!(err.contains("such as `split[val=0.2]`"), "{err}");
+        assert!(err.contains("such as `split[train=0.6]`"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 
