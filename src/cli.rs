@@ -16,7 +16,8 @@ use crate::dag::DagFormat;
 scaler -> ...), caching every output in artifacts/ by content. A stage re-runs only when its code, its params \
 or the content of its inputs change; pipeline.lock records what each stage produced so that anyone can verify \
 the results bit for bit.\n\nExit status: 0 success; 1 a check found a problem (stale stages for `status`, \
-bad artifacts for `verify`); 2 an error (bad configuration, a failed stage, unreadable files)."
+bad artifacts for `verify`); 2 an error (bad configuration, a failed stage, unreadable files); 130 a run \
+cancelled with Ctrl-C."
 )]
 pub struct Cli {
     /// The pipeline file; its folder holds pipeline.lock and artifacts/.
@@ -40,13 +41,19 @@ pub enum Command {
     /// A stage runs when its key (code, params, input content) is not in the store. A failing stage stops its
     /// descendants only; the others finish. When pipeline.yaml sets `dataset.synthetic`, the embedded
     /// synthetic corpus is generated into `dataset.root` first if it is not there yet.
+    ///
+    /// Ctrl-C stops starting stages and lets running ones stop at their next safe point (exit 130, the store
+    /// and pipeline.lock consistent); a second Ctrl-C stops at once. Long stages keep a checkpoint per key and
+    /// resume from it on the next run. Progress events (step, loss, ...) are printed to stderr. Run settings
+    /// (`exec:` in pipeline.yaml: threads, device, memory) never change a key.
     Run {
         /// Run only this stage and what it depends on. A family name (an entry with `foreach:`) means all
         /// its members; one member is named in full, e.g. 'train[fold=0,salt=x]' (quoted for the shell).
         #[arg(long, value_name = "STAGE")]
         until: Option<String>,
         /// Re-run this stage even if cached (repeatable; a family name forces all its members); its outputs
-        /// must come out bit-identical, or the run reports the stage as nondeterministic.
+        /// must come out bit-identical to an intact stored result (for a kind of class `exact`), or the run
+        /// reports the stage as nondeterministic. A stored result that fails its digest is replaced.
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
         /// Worker threads shared by all stages (independent stages run side by side). Results never depend
