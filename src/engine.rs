@@ -686,16 +686,23 @@ pub fn run(
                     let node = &dag.nodes[idx];
                     let deps: Vec<usize> =
                         node.inputs.iter().filter_map(|i| dag.index(i)).collect();
-                    if let Some(&bad) = deps.iter().find(|&&d| matches!(slots[d], Slot::Broken)) {
+                    let ready = deps.iter().all(|&d| matches!(slots[d], Slot::Done(_)));
+                    let broken_dep = deps.iter().find(|&&d| matches!(slots[d], Slot::Broken));
+                    // After Ctrl-C nothing starts (a cached result is not even looked up); a failure
+                    // upstream skips the stage.
+                    let stop = match broken_dep {
+                        _ if cancelled() && (ready || broken_dep.is_some()) => {
+                            Some(Outcome::Cancelled)
+                        }
+                        Some(&bad) => Some(Outcome::Skipped {
+                            failed_upstream: dag.nodes[bad].name.clone(),
+                        }),
+                        None => None,
+                    };
+                    if let Some(outcome) = stop {
                         let result = StageResult {
                             name: node.name.clone(),
-                            outcome: if cancelled() {
-                                Outcome::Cancelled
-                            } else {
-                                Outcome::Skipped {
-                                    failed_upstream: dag.nodes[bad].name.clone(),
-                                }
-                            },
+                            outcome,
                             summary: Vec::new(),
                         };
                         report(&result);
@@ -751,18 +758,6 @@ pub fn run(
                         set_aside(&project.store, &planned.key, &lookup)?;
                         broken.append(&mut reasons);
                         reasons = broken;
-                    }
-                    if cancelled() {
-                        let result = StageResult {
-                            name: node.name.clone(),
-                            outcome: Outcome::Cancelled,
-                            summary: Vec::new(),
-                        };
-                        report(&result);
-                        results.push(result);
-                        slots[idx] = Slot::Broken;
-                        progressed = true;
-                        continue;
                     }
                     if running >= jobs {
                         continue;
