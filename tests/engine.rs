@@ -549,3 +549,19 @@ fn a_panicking_stage_fails_alone_and_the_run_ends() {
     assert!(run.line("b").contains(": ran ("), "{}", run.stdout);
     assert_eq!(p.run(&["verify"]).code, 0);
 }
+
+#[test]
+fn a_no_op_run_does_not_rewrite_the_lock_file() {
+    use std::os::unix::fs::MetadataExt;
+    let p = project();
+    assert_eq!(p.run(&["run"]).code, 0);
+    let stat = || {
+        let m = std::fs::metadata(p.path().join("pipeline.lock")).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec())
+    };
+    let before = stat();
+    let again = p.run(&["run"]);
+    assert_eq!(again.code, 0);
+    assert!(again.ran().is_empty(), "{}", again.stdout);
+    assert_eq!(stat(), before, "a run that changed nothing replaced pipeline.lock");
+}
