@@ -512,17 +512,22 @@ fn broken_reasons(lookup: &Lookup) -> Vec<StaleReason> {
 
 /// Move what a broken lookup found corrupt out of the way, so that the stage's re-run publishes good bytes
 /// and nothing reads the bad ones meanwhile.
-fn set_aside(project: &Project, key: &str, lookup: &Lookup) -> Result<(), StoreError> {
+fn set_aside(
+    blobs: &dyn BlobStore,
+    actions: &dyn ActionCache,
+    key: &str,
+    lookup: &Lookup,
+) -> Result<(), StoreError> {
     match lookup {
         Lookup::Broken { bad, .. } => {
             for b in bad.iter().filter(|b| b.state == ObjectState::Corrupt) {
-                if let Some(to) = project.blobs().quarantine_blob(&b.digest)? {
+                if let Some(to) = blobs.quarantine_blob(&b.digest)? {
                     tracing::warn!(digest = %b.digest, to = %to, "corrupt object moved aside");
                 }
             }
             Ok(())
         }
-        Lookup::Unreadable { .. } => project.actions().quarantine_action(key).map(|_| ()),
+        Lookup::Unreadable { .. } => actions.quarantine_action(key).map(|_| ()),
         Lookup::Hit(_) | Lookup::Miss => Ok(()),
     }
 }
@@ -769,7 +774,7 @@ pub fn run(
                     // A stored result that fails its digest is never used: set it aside and recompute.
                     let mut broken = broken_reasons(&lookup);
                     if !broken.is_empty() {
-                        set_aside(project, &planned.key, &lookup)?;
+                        set_aside(project.blobs(), project.actions(), &planned.key, &lookup)?;
                         broken.append(&mut reasons);
                         reasons = broken;
                     }
@@ -982,7 +987,7 @@ fn execute(
             summary,
         ));
     }
-    set_aside(project, &planned.key, &previous).map_err(|e| e.to_string())?;
+    set_aside(blobs, project.actions(), &planned.key, &previous).map_err(|e| e.to_string())?;
 
     let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
     for (artifact, providers) in &node.sources {
