@@ -20,7 +20,9 @@ use crate::reason::{diff, recorded_input_order, StaleReason};
 use crate::stage::{
     is_folder_output, output_name, DatasetView, Determinism, InputArtifact, StageContext, DATASET,
 };
-use crate::store::{ActionRecord, Lookup, ObjectState, Store, StoreError};
+use crate::store::{
+    ActionCache, ActionRecord, BlobStore, LocalStore, Lookup, ObjectState, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -39,10 +41,14 @@ pub enum EngineError {
 }
 
 /// Where a project's files are: the config, its lock file beside it, the store under `artifacts/`.
+///
+/// Results are published and looked up through [`Project::blobs`] and [`Project::actions`]; the local store
+/// itself serves what only a local filesystem can: key locks, scratch and checkpoint folders, the project
+/// lock, run stats and the stat cache.
 pub struct Project {
     pub dir: PathBuf,
     pub lock_path: PathBuf,
-    pub store: Store,
+    pub store: LocalStore,
 }
 
 impl Project {
@@ -52,12 +58,27 @@ impl Project {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let store = Store::open(&dir.join("artifacts"))?;
+        let store = LocalStore::open(&dir.join("artifacts"))?;
         Ok(Project {
             lock_path: dir.join("pipeline.lock"),
             dir,
             store,
         })
+    }
+
+    /// The blob store results are published to and read from.
+    pub fn blobs(&self) -> &dyn BlobStore {
+        &self.store
+    }
+
+    /// The action cache: stage key -> published outputs.
+    pub fn actions(&self) -> &dyn ActionCache {
+        &self.store
+    }
+
+    /// The action cache's entry for `key`, every blob it names checked.
+    pub fn lookup(&self, key: &str) -> Result<Lookup, StoreError> {
+        self.actions().lookup(key, self.blobs())
     }
 
     /// Edit pipeline.lock under the project's lock-file lock.
@@ -387,9 +408,9 @@ fn reasons_against_lock(
     }
 }
 
-fn load_manifest(store: &Store, digest: &str) -> Option<Manifest> {
-    store
-        .read_object(digest)
+fn load_manifest(blobs: &dyn BlobStore, digest: &str) -> Option<Manifest> {
+    blobs
+        .read(digest)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
 }
@@ -431,7 +452,7 @@ pub fn status(
             continue;
         };
         let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
-        let (state, record) = match project.store.lookup(&planned.key)? {
+        let (state, record) = match project.lookup(&planned.key)? {
             Lookup::Hit(record) if reasons.is_empty() => (State::UpToDate, Some(record)),
             Lookup::Hit(record) => (State::Cached, Some(record)),
             other => {
@@ -449,7 +470,7 @@ pub fn status(
         };
         let summary = record
             .as_ref()
-            .and_then(|r| load_manifest(&project.store, &r.manifest))
+            .and_then(|r| load_manifest(project.blobs(), &r.manifest))
             .map(|m| m.summary)
             .unwrap_or_default();
         if let Some(record) = record {
@@ -491,17 +512,22 @@ fn broken_reasons(lookup: &Lookup) -> Vec<StaleReason> {
 
 /// Move what a broken lookup found corrupt out of the way, so that the stage's re-run publishes good bytes
 /// and nothing reads the bad ones meanwhile.
-fn set_aside(store: &Store, key: &str, lookup: &Lookup) -> Result<(), StoreError> {
+fn set_aside(
+    blobs: &dyn BlobStore,
+    actions: &dyn ActionCache,
+    key: &str,
+    lookup: &Lookup,
+) -> Result<(), StoreError> {
     match lookup {
         Lookup::Broken { bad, .. } => {
             for b in bad.iter().filter(|b| b.state == ObjectState::Corrupt) {
-                if let Some(to) = store.quarantine_object(&b.digest)? {
-                    tracing::warn!(digest = %b.digest, to = %to.display(), "corrupt object moved aside");
+                if let Some(to) = blobs.quarantine_blob(&b.digest)? {
+                    tracing::warn!(digest = %b.digest, to = %to, "corrupt object moved aside");
                 }
             }
             Ok(())
         }
-        Lookup::Unreadable { .. } => store.quarantine_action(key).map(|_| ()),
+        Lookup::Unreadable { .. } => actions.quarantine_action(key).map(|_| ()),
         Lookup::Hit(_) | Lookup::Miss => Ok(()),
     }
 }
@@ -732,9 +758,9 @@ pub fn run(
                     };
                     let forced = forced_stages.contains(&idx);
                     let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
-                    let lookup = project.store.lookup(&planned.key)?;
+                    let lookup = project.lookup(&planned.key)?;
                     if let (Lookup::Hit(record), false) = (&lookup, forced) {
-                        let summary = load_manifest(&project.store, &record.manifest)
+                        let summary = load_manifest(project.blobs(), &record.manifest)
                             .map(|m| m.summary)
                             .unwrap_or_default();
                         finish(project, dag, idx, &planned, record)?;
@@ -755,7 +781,7 @@ pub fn run(
                     // A stored result that fails its digest is never used: set it aside and recompute.
                     let mut broken = broken_reasons(&lookup);
                     if !broken.is_empty() {
-                        set_aside(&project.store, &planned.key, &lookup)?;
+                        set_aside(project.blobs(), project.actions(), &planned.key, &lookup)?;
                         broken.append(&mut reasons);
                         reasons = broken;
                     }
@@ -931,6 +957,7 @@ fn execute(
     let node = &dag.nodes[job.idx];
     let planned = &job.planned;
     let store = &project.store;
+    let blobs = project.blobs();
     let lock = store
         .lock_key(&planned.key, || {
             eprintln!(
@@ -939,11 +966,11 @@ fn execute(
             )
         })
         .map_err(|e| e.to_string())?;
-    let previous = store.lookup(&planned.key).map_err(|e| e.to_string())?;
+    let previous = project.lookup(&planned.key).map_err(|e| e.to_string())?;
     if let (Lookup::Hit(record), false) = (&previous, job.forced) {
         // Another process finished this key while we waited for its lock.
         finish(project, dag, job.idx, planned, record).map_err(|e| e.to_string())?;
-        let summary = load_manifest(store, &record.manifest)
+        let summary = load_manifest(blobs, &record.manifest)
             .map(|m| m.summary)
             .unwrap_or_default();
         return Ok((
@@ -955,7 +982,7 @@ fn execute(
             summary,
         ));
     }
-    set_aside(store, &planned.key, &previous).map_err(|e| e.to_string())?;
+    set_aside(blobs, project.actions(), &planned.key, &previous).map_err(|e| e.to_string())?;
 
     let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
     for (artifact, providers) in &node.sources {
@@ -972,9 +999,9 @@ fn execute(
                 .get(provider)
                 .is_some_and(|r| r.folders.contains(artifact));
             let bad = if folder {
-                store.tree_problems(artifact, digest)
+                blobs.tree_problems(artifact, digest)
             } else {
-                store.object_state(digest).map(|state| {
+                blobs.state(digest).map(|state| {
                     (state != ObjectState::Intact)
                         .then(|| crate::store::BadObject {
                             name: artifact.clone(),
@@ -987,8 +1014,8 @@ fn execute(
             }
             .map_err(|e| e.to_string())?;
             if let Some(first) = bad.first() {
-                let moved = store
-                    .quarantine_object(&first.digest)
+                let moved = blobs
+                    .quarantine_blob(&first.digest)
                     .map_err(|e| e.to_string())?;
                 return Err(Stop::Failed(format!(
                     "input `{}` from `{provider}` ({}) is {} in the store{}; run again to recompute it",
@@ -996,15 +1023,16 @@ fn execute(
                     short(&first.digest),
                     if first.state == ObjectState::Missing { "missing" } else { "corrupt" },
                     moved
-                        .map(|to| format!(" (moved to {})", to.display()))
+                        .map(|to| format!(" (moved to {to})"))
                         .unwrap_or_default()
                 )));
             }
             let path = if folder {
-                store.materialize_tree(digest).map_err(|e| e.to_string())?
+                blobs.materialize_tree(digest)
             } else {
-                store.object_path(digest)
-            };
+                blobs.materialize(digest)
+            }
+            .map_err(|e| e.to_string())?;
             inputs
                 .entry(artifact.clone())
                 .or_default()
@@ -1019,8 +1047,9 @@ fn execute(
     let mut param_files = BTreeMap::new();
     let mut file_infos = BTreeMap::new();
     for file in job.files {
-        let digest = store.put_bytes(&file.bytes).map_err(|e| e.to_string())?;
-        param_files.insert(file.param.clone(), store.object_path(&digest));
+        let digest = blobs.put_bytes(&file.bytes).map_err(|e| e.to_string())?;
+        let path = blobs.materialize(&digest).map_err(|e| e.to_string())?;
+        param_files.insert(file.param.clone(), path);
         file_infos.insert(
             file.param.clone(),
             ParamFileInfo {
@@ -1102,9 +1131,9 @@ fn execute(
         }
         let (digest, bytes) = if folder {
             folders.insert(name.to_string());
-            store.put_tree(&path)
+            blobs.put_tree(&path)
         } else {
-            store.put_file(&path)
+            blobs.put_file(&path)
         }
         .map_err(|e| e.to_string())?;
         published.insert(
@@ -1154,7 +1183,7 @@ fn execute(
         lineage: report.lineage,
         summary: report.summary.clone(),
     };
-    let manifest_digest = store
+    let manifest_digest = blobs
         .put_bytes(&hashing::canonical_json(&manifest))
         .map_err(|e| e.to_string())?;
     let record = ActionRecord {
@@ -1186,7 +1215,11 @@ fn execute(
             )));
         }
     }
-    store.put_action(&record).map_err(|e| e.to_string())?;
+    // Last: every blob it names is published.
+    project
+        .actions()
+        .put_action(&record)
+        .map_err(|e| e.to_string())?;
     let stats = serde_json::json!({
         "stage": node.name,
         "seconds": seconds,

@@ -13,6 +13,7 @@ use crate::hashing::{short, Digest};
 use crate::lock::LockFile;
 use crate::manifest::Manifest;
 use crate::stage::Determinism;
+use crate::store::{Lookup, ObjectState};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LineageNode {
@@ -44,7 +45,7 @@ pub enum LineageInput {
 }
 
 fn load_manifest(project: &Project, digest: &str) -> Result<Manifest, EngineError> {
-    let bytes = project.store.read_object(digest)?;
+    let bytes = project.blobs().read(digest)?;
     serde_json::from_slice(&bytes)
         .map_err(|e| EngineError::Other(format!("manifest {}: not valid: {e}", short(digest))))
 }
@@ -60,7 +61,7 @@ fn node(project: &Project, stage: &str, manifest_digest: &str) -> Result<Lineage
                 files: ds.files,
                 bytes: ds.bytes,
             },
-            (Some(d), None) if project.store.has_object(d) => {
+            (Some(d), None) if project.blobs().contains(d) => {
                 LineageInput::Stage(Box::new(node(project, &input.stage, d)?))
             }
             (d, None) => LineageInput::Missing {
@@ -259,8 +260,8 @@ pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineEr
         let mut objects: Vec<(String, Digest)> = Vec::new();
         for (name, digest) in &entry.outputs {
             objects.push((format!("output `{name}`"), digest.clone()));
-            if folders.contains(name) && project.store.check_object(digest)? {
-                if let Ok(tree) = project.store.read_tree(digest) {
+            if folders.contains(name) && project.blobs().verify(digest)? == ObjectState::Intact {
+                if let Ok(tree) = project.blobs().read_tree(digest) {
                     objects.extend(
                         tree.files
                             .into_iter()
@@ -272,12 +273,12 @@ pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineEr
         objects.push(("manifest".to_string(), entry.manifest.clone()));
         for (artifact, digest) in objects {
             checked += 1;
-            let problem = if !project.store.has_object(&digest) {
-                Some("missing from the store".to_string())
-            } else if !project.store.check_object(&digest)? {
-                Some("corrupt: its bytes no longer hash to its name".to_string())
-            } else {
-                None
+            let problem = match project.blobs().verify(&digest)? {
+                ObjectState::Missing => Some("missing from the store".to_string()),
+                ObjectState::Corrupt => {
+                    Some("corrupt: its bytes no longer hash to its name".to_string())
+                }
+                ObjectState::Intact => None,
             };
             if let Some(problem) = problem {
                 problems.push(VerifyProblem {
@@ -288,7 +289,7 @@ pub fn verify(project: &Project) -> Result<(usize, Vec<VerifyProblem>), EngineEr
                 });
             }
         }
-        if project.store.check_object(&entry.manifest)? {
+        if project.blobs().verify(&entry.manifest)? == ObjectState::Intact {
             if let Ok(m) = load_manifest(project, &entry.manifest) {
                 let recorded: BTreeMap<String, Digest> =
                     m.outputs.into_iter().map(|(k, v)| (k, v.digest)).collect();
@@ -324,7 +325,7 @@ pub fn verify_rerun(
     let scratch_project = Project {
         dir: project.dir.clone(),
         lock_path: scratch.join("pipeline.lock"),
-        store: crate::store::Store::open(&scratch.join("artifacts"))?,
+        store: crate::store::LocalStore::open(&scratch.join("artifacts"))?,
     };
     let options = crate::engine::RunOptions {
         jobs,
@@ -444,7 +445,7 @@ pub fn gc(project: &Project, dry_run: bool) -> Result<GcReport, EngineError> {
             for output in m.outputs.values() {
                 live.insert(output.digest.clone());
                 if output.folder {
-                    if let Ok(tree) = project.store.read_tree(&output.digest) {
+                    if let Ok(tree) = project.blobs().read_tree(&output.digest) {
                         live.extend(tree.files.into_iter().map(|f| f.digest));
                     }
                 }
@@ -453,17 +454,18 @@ pub fn gc(project: &Project, dry_run: bool) -> Result<GcReport, EngineError> {
             todo.extend(m.inputs.iter().filter_map(|i| i.manifest.clone()));
         }
     }
-    let all = project.store.object_digests()?;
+    let all = project.blobs().list_blobs()?;
     let (removed, kept): (Vec<_>, Vec<_>) = all.into_iter().partition(|(d, _)| !live.contains(d));
     let mut actions_removed = 0;
     if !dry_run {
         for (digest, _) in &removed {
-            project.store.remove_object(digest)?;
+            project.blobs().remove_blob(digest)?;
         }
+        // Materialised folders are local by nature.
         project.store.remove_materialized_trees_except(&live)?;
-        for key in project.store.action_keys()? {
-            if project.store.action(&key)?.is_none() {
-                project.store.remove_action(&key)?;
+        for key in project.actions().action_keys()? {
+            if !matches!(project.lookup(&key)?, Lookup::Hit(_)) {
+                project.actions().remove_action(&key)?;
                 actions_removed += 1;
             }
         }
