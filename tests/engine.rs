@@ -563,5 +563,9 @@ fn a_no_op_run_does_not_rewrite_the_lock_file() {
     let again = p.run(&["run"]);
     assert_eq!(again.code, 0);
     assert!(again.ran().is_empty(), "{}", again.stdout);
-    assert_eq!(stat(), before, "a run that changed nothing replaced pipeline.lock");
+    assert_eq!(
+        stat(),
+        before,
+        "a run that changed nothing replaced pipeline.lock"
+    );
 }

@@ -1,0 +1,176 @@
+//! Planning and running: which stages are stale and why, and running the stale ones in parallel.
+//!
+//! Keys are computed before running, in topological order, from the outputs of upstream stages. An upstream
+//! stage that re-runs but produces identical bytes leaves its dependants' keys unchanged, so they stay
+//! cached (early cutoff). A failing stage stops only its descendants. Results never depend on `-j`: stages
+//! see a thread budget, not a schedule, and every lock entry is a function of the key.
+//!
+//! - [`plan`]: keys, stale reasons, files named by params; `status` is planning alone.
+//! - [`schedule`]: `run`'s loop: cached stages settle at once, stale ones launch up to `-j`, failures and
+//!   Ctrl-C reach descendants only.
+//! - [`execute`]: one stage under its key's lock, from verified inputs to the published action record.
+//! - here: the project (its store, lock file and project lock) and the engine's errors.
+
+mod execute;
+mod plan;
+mod schedule;
+
+pub use plan::{resolve_param_files, status, ResolvedFile, StageStatus, State};
+pub use schedule::{run, unknown_stage, Outcome, RunOptions, StageResult};
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ConfigErrors;
+use crate::lock::{LockError, LockFile};
+use crate::rawinput::{hash_dataset, RawInputError, StatCache};
+use crate::stage::DatasetView;
+use crate::store::{ActionCache, BlobStore, LocalStore, Lookup, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    RawInput(#[from] RawInputError),
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error("unknown stage `{0}`{1}")]
+    UnknownStage(String, String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where a project's files are: the config, its lock file beside it, the store under `artifacts/`.
+///
+/// Results are published and looked up through [`Project::blobs`] and [`Project::actions`]; the local store
+/// itself serves what only a local filesystem can: key locks, scratch and checkpoint folders, the project
+/// lock, run stats and the stat cache.
+pub struct Project {
+    pub dir: PathBuf,
+    pub lock_path: PathBuf,
+    pub store: LocalStore,
+}
+
+impl Project {
+    pub fn open(config_path: &Path) -> Result<Project, EngineError> {
+        let dir = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let store = LocalStore::open(&dir.join("artifacts"))?;
+        Ok(Project {
+            lock_path: dir.join("pipeline.lock"),
+            dir,
+            store,
+        })
+    }
+
+    /// The blob store results are published to and read from.
+    pub fn blobs(&self) -> &dyn BlobStore {
+        &self.store
+    }
+
+    /// The action cache: stage key -> published outputs.
+    pub fn actions(&self) -> &dyn ActionCache {
+        &self.store
+    }
+
+    /// The action cache's entry for `key`, every blob it names checked.
+    pub fn lookup(&self, key: &str) -> Result<Lookup, StoreError> {
+        self.actions().lookup(key, self.blobs())
+    }
+
+    /// Edit pipeline.lock under the project's lock-file lock.
+    pub fn update_lock(&self, edit: impl FnOnce(&mut LockFile)) -> Result<LockFile, LockError> {
+        let guard = self.store.root().join("locks").join("pipeline.lock.guard");
+        LockFile::update(&self.lock_path, &guard, edit)
+    }
+
+    /// Take the project lock: `run` and `gc` hold it exclusively (one writer of the store and the lock file
+    /// at a time, so a gc never deletes what a running plan is about to record, and two runs never
+    /// interleave their lock entries); `verify` shares it. A process that must wait says so, naming the
+    /// holder.
+    pub fn lock(&self, exclusive: bool, what: &str) -> Result<ProjectLock, EngineError> {
+        let locks = self.store.root().join("locks");
+        let path = locks.join("project.lock");
+        let holder_path = locks.join("project.holder");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { path, source }
+        };
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let attempt = if exclusive {
+            file.try_lock()
+        } else {
+            file.try_lock_shared()
+        };
+        match attempt {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&holder_path).unwrap_or_default();
+                let holder = holder.trim();
+                eprintln!(
+                    "{what}: waiting for another genrelab process in this project to finish{}",
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({holder})")
+                    }
+                );
+                if exclusive {
+                    file.lock().map_err(io(&path))?;
+                } else {
+                    file.lock_shared().map_err(io(&path))?;
+                }
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e).into()),
+        }
+        if exclusive {
+            // Only for the waiting message: a stale holder file after a kill names a finished process.
+            let _ = std::fs::write(
+                &holder_path,
+                format!("pid {}: genrelab {what}\n", std::process::id()),
+            );
+        }
+        Ok(ProjectLock { _file: file })
+    }
+
+    fn stat_cache_path(&self) -> PathBuf {
+        self.store.root().join("statcache.json")
+    }
+
+    /// Hash the dataset folder (stat cache first), keeping the cache for next time.
+    pub fn hash_dataset(
+        &self,
+        dataset: &crate::config::DatasetConfig,
+    ) -> Result<DatasetView, EngineError> {
+        let path = self.stat_cache_path();
+        let mut cache = StatCache::load(&path);
+        let (view, stats) =
+            hash_dataset(&dataset.root, &mut cache, dataset.follow_external_symlinks)?;
+        if stats.rehashed > 0 {
+            cache.save(&path)?;
+        }
+        tracing::info!(
+            files = stats.files,
+            unlisted = view.unlisted.len(),
+            rehashed = stats.rehashed,
+            bytes = stats.bytes_rehashed,
+            "dataset hashed"
+        );
+        Ok(view)
+    }
+}
+
+/// Held while a process runs, collects or verifies; the kernel releases it when the process ends.
+pub struct ProjectLock {
+    _file: std::fs::File,
+}

@@ -1,0 +1,399 @@
+//! Scheduling: settle what is cached, launch what must run (up to `-j`, in DAG order), propagate failures
+//! and cancellation to descendants only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+
+use crate::config::Pipeline;
+use crate::dag::Dag;
+use crate::hashing::{short, Digest};
+use crate::lock::{DatasetEntry, LockFile};
+use crate::reason::StaleReason;
+use crate::stage::DATASET;
+use crate::store::{ActionRecord, Lookup};
+
+use super::execute::{execute, finish, set_aside};
+use super::plan::*;
+use super::*;
+
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    pub until: Option<String>,
+    pub force: Vec<String>,
+    pub jobs: usize,
+    /// Set (by Ctrl-C) to stop: no stage starts after it, running ones stop at their next safe point, and
+    /// the store and lock stay consistent (checkpoints are kept for the next run to resume from).
+    pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Where stages' progress events go; none: dropped.
+    pub on_progress: Option<crate::stage::ProgressSink>,
+}
+
+/// Why a stage did not publish.
+pub(super) enum Stop {
+    Failed(String),
+    Cancelled,
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Stop {
+        Stop::Failed(message)
+    }
+}
+
+/// How one stage ended in a run.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ran {
+        reasons: Vec<StaleReason>,
+        key: Digest,
+        seconds: f64,
+    },
+    Cached {
+        reasons: Vec<StaleReason>,
+        key: Digest,
+    },
+    Failed {
+        error: String,
+    },
+    Skipped {
+        failed_upstream: String,
+    },
+    /// Stopped by a cancelled run (Ctrl-C), or never started because of it.
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageResult {
+    pub name: String,
+    pub outcome: Outcome,
+    pub summary: Vec<String>,
+}
+
+impl StageResult {
+    /// The line `run` prints: `features: ran (params.n_mels changed 128 → 64) 3fa2c1d0`.
+    pub fn line(&self) -> String {
+        let n = &self.name;
+        match &self.outcome {
+            Outcome::Ran {
+                reasons,
+                key,
+                seconds,
+            } => {
+                format!(
+                    "{n}: ran ({}) {} in {seconds:.1} s",
+                    crate::reason::sentence(reasons),
+                    short(key)
+                )
+            }
+            Outcome::Cached { reasons, key } if reasons.is_empty() => {
+                format!("{n}: cached (up to date) {}", short(key))
+            }
+            Outcome::Cached { reasons, key } => format!(
+                "{n}: cached ({}; result restored from the store) {}",
+                crate::reason::sentence(reasons),
+                short(key)
+            ),
+            Outcome::Failed { error } => format!("{n}: FAILED: {error}"),
+            Outcome::Cancelled => format!("{n}: cancelled (run again to resume)"),
+            Outcome::Skipped { failed_upstream } => {
+                format!("{n}: skipped (upstream `{failed_upstream}` failed)")
+            }
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Failed { .. } | Outcome::Skipped { .. } | Outcome::Cancelled
+        )
+    }
+}
+
+pub(super) enum Slot {
+    Pending,
+    Running,
+    Done(ActionRecord),
+    Broken,
+}
+
+pub(super) struct Job<'f> {
+    pub(super) idx: usize,
+    pub(super) planned: Planned,
+    pub(super) reasons: Vec<StaleReason>,
+    pub(super) forced: bool,
+    pub(super) files: &'f [ResolvedFile],
+}
+
+/// Run every stale stage (of `--until`'s ancestors, when given), calling `report` as each stage ends.
+/// `--until` and `--force` take a stage, a family member or a family (all its members).
+pub fn run(
+    project: &Project,
+    pipeline: &Pipeline,
+    dag: &Dag,
+    options: &RunOptions,
+    mut report: impl FnMut(&StageResult),
+) -> Result<Vec<StageResult>, EngineError> {
+    let jobs = options.jobs.max(1);
+    let cancelled = || options.cancel.load(std::sync::atomic::Ordering::Relaxed);
+    let _project_lock = project.lock(true, "run")?;
+    let files = resolve_param_files(project, pipeline, dag)?;
+    let selected: BTreeSet<usize> = match &options.until {
+        Some(name) => dag
+            .select(name)
+            .ok_or_else(|| unknown_stage(dag, name))?
+            .into_iter()
+            .flat_map(|idx| dag.ancestors_and_self(idx))
+            .collect(),
+        None => (0..dag.nodes.len()).collect(),
+    };
+    let mut forced_stages = BTreeSet::new();
+    for name in &options.force {
+        forced_stages.extend(dag.select(name).ok_or_else(|| unknown_stage(dag, name))?);
+    }
+    let dataset = if selected
+        .iter()
+        .any(|&i| dag.nodes[i].inputs.iter().any(|x| x == DATASET))
+    {
+        Some(project.hash_dataset(&pipeline.dataset)?)
+    } else {
+        None
+    };
+    // Reasons are told against the lock as it was before this run touched it: recording the new dataset
+    // drops the entries computed from the old one.
+    let lock = LockFile::load(&project.lock_path)?;
+    if let Some(view) = &dataset {
+        let bytes = view.files.iter().map(|f| f.size).sum();
+        let entry = DatasetEntry {
+            root: pipeline.dataset.root_as_written.clone(),
+            digest: view.digest.clone(),
+            files: view.files.len(),
+            bytes,
+        };
+        project.update_lock(|lock| lock.dataset = Some(entry))?;
+    }
+    let multi = indicatif::MultiProgress::new();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| EngineError::Other(format!("cannot start {jobs} worker threads: {e}")))?;
+
+    let mut slots: Vec<Slot> = (0..dag.nodes.len()).map(|_| Slot::Pending).collect();
+    let mut results = Vec::new();
+    let mut running = 0usize;
+    let (tx, rx) = mpsc::channel::<(usize, Result<(ActionRecord, Outcome, Vec<String>), Stop>)>();
+
+    std::thread::scope(|scope| -> Result<(), EngineError> {
+        loop {
+            // Settle every pending stage that can be settled without running: failures propagate, and
+            // stages whose result is in the store are cached. Then launch what must run, up to `jobs`.
+            let mut progressed = true;
+            while progressed {
+                progressed = false;
+                for &idx in &dag.order {
+                    if !selected.contains(&idx) || !matches!(slots[idx], Slot::Pending) {
+                        continue;
+                    }
+                    let node = &dag.nodes[idx];
+                    let deps: Vec<usize> =
+                        node.inputs.iter().filter_map(|i| dag.index(i)).collect();
+                    let ready = deps.iter().all(|&d| matches!(slots[d], Slot::Done(_)));
+                    let broken_dep = deps.iter().find(|&&d| matches!(slots[d], Slot::Broken));
+                    // After Ctrl-C nothing starts (a cached result is not even looked up); a failure
+                    // upstream skips the stage.
+                    let stop = match broken_dep {
+                        _ if cancelled() && (ready || broken_dep.is_some()) => {
+                            Some(Outcome::Cancelled)
+                        }
+                        Some(&bad) => Some(Outcome::Skipped {
+                            failed_upstream: dag.nodes[bad].name.clone(),
+                        }),
+                        None => None,
+                    };
+                    if let Some(outcome) = stop {
+                        let result = StageResult {
+                            name: node.name.clone(),
+                            outcome,
+                            summary: Vec::new(),
+                        };
+                        report(&result);
+                        results.push(result);
+                        slots[idx] = Slot::Broken;
+                        progressed = true;
+                        continue;
+                    }
+                    if !deps.iter().all(|&d| matches!(slots[d], Slot::Done(_))) {
+                        continue;
+                    }
+                    let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = deps
+                        .iter()
+                        .filter_map(|&d| match &slots[d] {
+                            Slot::Done(r) => Some((dag.nodes[d].name.clone(), r.outputs.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(view) = &dataset {
+                        upstream.insert(
+                            DATASET.into(),
+                            BTreeMap::from([(DATASET.to_string(), view.digest.clone())]),
+                        );
+                    }
+                    let Some(planned) = plan_stage(dag, idx, &upstream, &files[idx]) else {
+                        continue;
+                    };
+                    let forced = forced_stages.contains(&idx);
+                    let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
+                    let lookup = project.lookup(&planned.key)?;
+                    if let (Lookup::Hit(record), false) = (&lookup, forced) {
+                        let summary = load_manifest(project.blobs(), &record.manifest)
+                            .map(|m| m.summary)
+                            .unwrap_or_default();
+                        finish(project, dag, idx, &planned, record)?;
+                        let result = StageResult {
+                            name: node.name.clone(),
+                            outcome: Outcome::Cached {
+                                reasons,
+                                key: planned.key.clone(),
+                            },
+                            summary,
+                        };
+                        report(&result);
+                        results.push(result);
+                        slots[idx] = Slot::Done(record.clone());
+                        progressed = true;
+                        continue;
+                    }
+                    // A stored result that fails its digest is never used: set it aside and recompute.
+                    let mut broken = broken_reasons(&lookup);
+                    if !broken.is_empty() {
+                        set_aside(project.blobs(), project.actions(), &planned.key, &lookup)?;
+                        broken.append(&mut reasons);
+                        reasons = broken;
+                    }
+                    if running >= jobs {
+                        continue;
+                    }
+                    if forced {
+                        reasons.insert(0, StaleReason::Forced);
+                    } else if reasons.is_empty() {
+                        reasons.push(StaleReason::OutputsMissing {
+                            key: planned.key.clone(),
+                        });
+                    }
+                    slots[idx] = Slot::Running;
+                    running += 1;
+                    progressed = true;
+                    let job = Job {
+                        idx,
+                        planned,
+                        reasons,
+                        forced,
+                        files: &files[idx],
+                    };
+                    let tx = tx.clone();
+                    let (multi, pool, upstream_records) =
+                        (&multi, &pool, collect_records(&slots, dag, idx));
+                    let dataset = dataset.as_ref();
+                    let dataset_root = pipeline.dataset.root_as_written.as_str();
+                    scope.spawn(move || {
+                        // A panic in a stage is that stage's failure: caught here, or the scheduler would
+                        // wait forever for a report that never comes.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            pool.install(|| {
+                                execute(
+                                    project,
+                                    dag,
+                                    &job,
+                                    upstream_records,
+                                    dataset,
+                                    dataset_root,
+                                    jobs,
+                                    multi,
+                                    options,
+                                )
+                            })
+                        }))
+                        .unwrap_or_else(|panic| {
+                            Err(Stop::Failed(panic_message(
+                                &dag.nodes[job.idx].name,
+                                &panic,
+                            )))
+                        });
+                        let _ = tx.send((job.idx, result));
+                    });
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let (idx, result) = rx.recv().map_err(|_| {
+                EngineError::Other("a stage worker stopped without reporting".into())
+            })?;
+            running -= 1;
+            let name = dag.nodes[idx].name.clone();
+            match result {
+                Ok((record, outcome, summary)) => {
+                    let result = StageResult {
+                        name,
+                        outcome,
+                        summary,
+                    };
+                    report(&result);
+                    results.push(result);
+                    slots[idx] = Slot::Done(record);
+                }
+                Err(stop) => {
+                    let result = StageResult {
+                        name: name.clone(),
+                        outcome: match stop {
+                            Stop::Failed(error) => Outcome::Failed { error },
+                            Stop::Cancelled => Outcome::Cancelled,
+                        },
+                        summary: Vec::new(),
+                    };
+                    report(&result);
+                    results.push(result);
+                    slots[idx] = Slot::Broken;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
+    project.update_lock(|lock| lock.stages.retain(|name, _| names.contains(name)))?;
+    Ok(results)
+}
+
+pub(super) fn panic_message(stage: &str, panic: &Box<dyn std::any::Any + Send>) -> String {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    format!("stage `{stage}` panicked: {what} (a bug in the stage: please report it)")
+}
+
+pub fn unknown_stage(dag: &Dag, name: &str) -> EngineError {
+    EngineError::UnknownStage(
+        name.to_string(),
+        crate::dag::suggestion(name, dag.selectable_names()),
+    )
+}
+
+/// Upstream records of stage `idx`, by stage name (only finished ones exist by the time it launches).
+pub(super) fn collect_records(
+    slots: &[Slot],
+    dag: &Dag,
+    idx: usize,
+) -> BTreeMap<String, ActionRecord> {
+    dag.nodes[idx]
+        .inputs
+        .iter()
+        .filter_map(|name| {
+            let d = dag.index(name)?;
+            match &slots[d] {
+                Slot::Done(r) => Some((name.clone(), r.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
