@@ -290,3 +290,83 @@ fn the_synthetic_default_is_generated_once_and_is_deterministic() {
     assert!(!again.stdout.contains("generated"), "{}", again.stdout);
     assert!(again.ran().is_empty(), "{}", again.stdout);
 }
+
+#[test]
+fn a_one_sample_track_is_quarantined_so_every_split_track_yields_segments() {
+    let p = real_project();
+    write_wav(
+        &p.path().join("data/genres_original/metal/metal.00050.wav"),
+        &[0.25],
+        22050,
+        1,
+    );
+    let run = p.run(&["run", "--until", "slice"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("quarantined genres_original/metal/metal.00050.wav: too short: 1 sample"),
+        "{}",
+        run.stdout
+    );
+    // It never reaches the split: 17 tracks split, 17 sliced, none of them without a segment.
+    assert!(
+        run.stdout.contains("17 tracks in 3 classes"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("sliced 17 tracks into"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("too short for one segment"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_wav_whose_riff_size_lies_is_ingested_with_a_warning_in_the_summary() {
+    let p = real_project();
+    let path = p.path().join("data/genres_original/blues/blues.00003.wav");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let riff = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+    bytes[4..8].copy_from_slice(&(riff + 1000).to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let run = p.run(&["run", "--until", "ingest"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("warning genres_original/blues/blues.00003.wav: RIFF size field declares"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("17 tracks in 3 classes"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_one_class_dataset_is_refused_naming_the_root_and_the_class() {
+    let p = Project::new(&format!("dataset:\n  root: data\n{STAGES}"));
+    for t in 0..3 {
+        write_wav(
+            &p.path()
+                .join(format!("data/genres_original/blues/blues.{t:05}.wav")),
+            &tone(0, t, 4.0, 22050),
+            22050,
+            1,
+        );
+    }
+    let run = p.run(&["run"]);
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let text = format!("{}\n{}", run.stdout, run.stderr);
+    assert!(
+        text.contains("only one class under") && text.contains("`blues` (genres_original/blues/"),
+        "{text}"
+    );
+    assert!(!text.contains("val 100.0%"), "{text}");
+}

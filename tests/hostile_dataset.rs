@@ -13,11 +13,14 @@ use util::{Project, Run};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
+// The tracks here are half a second long, under the study's `min_seconds`.
 const INGEST: &str = "
 stages:
   - name: ingest
     kind: ingest
     inputs: [dataset]
+    params:
+      min_seconds: 0.1
 ";
 
 const CLASSES: [&str; 3] = ["blues", "jazz", "rock"];
@@ -318,6 +321,8 @@ stages:
   - name: ingest
     kind: ingest
     inputs: [dataset]
+    params:
+      min_seconds: 0.2
   - name: split
     kind: split
     inputs: [ingest]
@@ -362,8 +367,8 @@ fn absurd_params_are_rejected_naming_the_param_and_its_limit() {
             "segments_per_track",
         ),
         (
-            "inputs: [dataset]\n",
-            "inputs: [dataset]\n    params:\n      sample_rate: 4000000000\n",
+            "min_seconds: 0.2\n",
+            "min_seconds: 0.2\n      sample_rate: 4000000000\n",
             "ingest",
             "sample_rate",
         ),

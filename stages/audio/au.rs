@@ -128,5 +128,6 @@ fn parse(bytes: &[u8]) -> Result<Interleaved, String> {
         samples,
         rate,
         channels,
+        warnings: Vec::new(),
     })
 }

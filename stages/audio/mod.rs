@@ -9,6 +9,10 @@
 //! - Downmix is the mean of the channels summed in channel order (librosa's `to_mono`), resampling is a fixed
 //!   FFT resampler: the same file gives the same bits whatever thread decodes it.
 //! - A decoded track always has at least one sample, and every sample is finite.
+//! - Oddities that leave every sample readable (a WAV whose RIFF size field disagrees with the file, bytes
+//!   after the RIFF chunk, a data chunk ending in part of a sample) are not failures: they come back as
+//!   `Decoded::warnings` for ingest to record. A data chunk declaring more samples than the file holds is a
+//!   truncated file and fails, since which samples are real cannot be told.
 //! - Nothing read from a header is trusted for an allocation: rates, channel counts and the decoded length
 //!   are checked against the limits below before any buffer of that size exists, so a hostile or corrupt
 //!   header quarantines its file instead of aborting the run.
@@ -65,6 +69,8 @@ pub struct Decoded {
     pub samples: Vec<f32>,
     pub source_rate: u32,
     pub source_channels: u16,
+    /// Header oddities that did not stop decoding, in the order found; empty for a clean file.
+    pub warnings: Vec<String>,
 }
 
 /// Interleaved samples as a container decoder hands them over, before downmix and resampling.
@@ -72,6 +78,7 @@ struct Interleaved {
     samples: Vec<f32>,
     rate: u32,
     channels: u16,
+    warnings: Vec<String>,
 }
 
 /// Containers recognised by their first bytes.
@@ -117,6 +124,7 @@ pub fn decode_file(path: &Path, target_rate: u32) -> Result<Decoded, AudioError>
     let raw = read_container(path).map_err(err)?;
     let source_rate = raw.rate;
     let source_channels = raw.channels;
+    let warnings = raw.warnings;
     let mono = downmix(raw.samples, raw.channels).map_err(err)?;
     let decoded_len = resample::output_len(mono.len(), source_rate, target_rate).map_err(err)?;
     if decoded_len as u64 > MAX_DECODED_SAMPLES {
@@ -138,6 +146,7 @@ pub fn decode_file(path: &Path, target_rate: u32) -> Result<Decoded, AudioError>
         samples,
         source_rate,
         source_channels,
+        warnings,
     })
 }
 

@@ -2,6 +2,15 @@
 //!
 //! hound trusts the data chunk's declared length when it opens a file and only fails when the sample iterator
 //! runs past the end of a short file, so every sample is read here before the file counts as decoded.
+//!
+//! Warnings, not failures (every sample the header promises is in the file, so the audio is known):
+//! - the RIFF size field disagrees with the file's length (streaming writers leave it 0 or 0xFFFFFFFF; some
+//!   tools append bytes after the RIFF chunk), since decoding never relies on it;
+//! - a data chunk whose length ends part way into a frame: the whole frames before it are the audio, and the
+//!   partial frame is dropped (hound alone refuses such a file).
+//!
+//! Failures (quarantine): a data chunk declaring more bytes than the file holds, i.e. a truncated file, since
+//! which of its samples are real cannot be told; and everything hound rejects.
 
 use std::path::Path;
 
@@ -9,8 +18,9 @@ use super::Interleaved;
 
 pub(super) fn read(path: &Path) -> Result<Interleaved, String> {
     // One read of the whole file (a GTZAN track is 1.3 MB), then hound parses the header from memory.
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let file_len = bytes.len() as u64;
+    let warnings = header_warnings(&mut bytes);
     let reader = hound::WavReader::new(std::io::Cursor::new(bytes.as_slice()))
         .map_err(|e| open_error(&e))?;
     let spec = reader.spec();
@@ -37,6 +47,7 @@ pub(super) fn read(path: &Path) -> Result<Interleaved, String> {
             samples,
             rate: spec.sample_rate,
             channels: spec.channels,
+            warnings,
         });
     }
     // The header's sample count is not trusted for allocation: a corrupt header could claim 4 G samples.
@@ -68,7 +79,67 @@ pub(super) fn read(path: &Path) -> Result<Interleaved, String> {
         samples,
         rate: spec.sample_rate,
         channels: spec.channels,
+        warnings,
     })
+}
+
+/// The header oddities that are warnings (see the module doc), in file order. A data chunk ending in a partial
+/// frame is cut back to whole frames in `bytes` (memory only), so hound reads the frames before it.
+fn header_warnings(bytes: &mut [u8]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let file_len = bytes.len() as u64;
+    if let Some(field) = bytes.get(4..8) {
+        let declared = u64::from(u32::from_le_bytes([field[0], field[1], field[2], field[3]])) + 8;
+        if declared > file_len {
+            warnings.push(format!(
+                "RIFF size field declares {declared} bytes, the file has {file_len}"
+            ));
+        } else if declared < file_len {
+            warnings.push(format!(
+                "{} bytes after the RIFF chunk ignored (its size field declares {declared} bytes, the file \
+                 has {file_len})",
+                file_len - declared
+            ));
+        }
+    }
+    let Some(align) = block_align(bytes).filter(|a| *a > 0).map(u64::from) else {
+        return warnings; // hound reports the missing or broken `fmt ` chunk
+    };
+    let Some((size_at, start, size)) = data_chunk(bytes) else {
+        return warnings;
+    };
+    // A chunk running past the end of the file is a truncated file, left for the sample reader to report.
+    let partial = size % align;
+    if partial != 0 && start + size <= file_len {
+        let whole = size - partial;
+        if let (Ok(whole32), Some(field)) =
+            (u32::try_from(whole), bytes.get_mut(size_at..size_at + 4))
+        {
+            field.copy_from_slice(&whole32.to_le_bytes());
+            let unit = if partial == 1 { "byte" } else { "bytes" };
+            warnings.push(format!(
+                "data chunk of {size} bytes ends {partial} {unit} into a {align}-byte frame; the partial \
+                 frame is ignored"
+            ));
+        }
+    }
+    warnings
+}
+
+/// The `data` chunk: where its size field is, where its bytes start, and its declared size.
+fn data_chunk(bytes: &[u8]) -> Option<(usize, u64, u64)> {
+    let mut at = 12usize;
+    while at.checked_add(8)? <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().ok()?) as usize;
+        if &bytes[at..at + 4] == b"data" {
+            return Some((at + 4, (at + 8) as u64, size as u64));
+        }
+        at = at
+            .checked_add(8)?
+            .checked_add(size)?
+            .checked_add(size % 2)?;
+    }
+    None
 }
 
 /// The `fmt ` chunk's block align (bytes per frame), read from a header hound has already validated. Tells a

@@ -36,6 +36,11 @@ pub struct Track {
     /// blake3 of the decoded mono f32 samples (little-endian) at the target rate: two files that decode to
     /// the same audio share it, whatever their container.
     pub audio_digest: String,
+    /// What was odd about the file but did not stop it decoding (e.g. a RIFF size field that disagrees with
+    /// the file). Written only when there is one, so a clean track's record is the same bytes as before the
+    /// field existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Output `quarantine` of `ingest`: files under the dataset root that were not used, and why.

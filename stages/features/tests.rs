@@ -753,6 +753,7 @@ fn corpus() -> Corpus {
                 .to_hex()
                 .to_string(),
             audio_digest: audio::audio_digest(&decoded.samples),
+            warnings: vec![],
         });
         for index in 0..*count {
             segments.push(Segment {

@@ -8,8 +8,16 @@
 //!   engine could not hash (dangling or looping links, FIFOs, hidden or unreadable files) are quarantined
 //!   with their reason; one standing where a track would be counts against its class.
 //! - Every track decoded completely at ingest (a truncated file is quarantined here, not found downstream).
+//! - What is odd about a file but leaves all of its audio known is a warning on its track, not a quarantine
+//!   (listed in the summary, stored in the track's `warnings`): a WAV RIFF size field that disagrees with the
+//!   file's length, bytes after the RIFF chunk, a data chunk ending part way into a frame (the partial frame
+//!   is dropped). A data chunk declaring more bytes than the file holds is a truncated file: quarantined.
+//! - A track shorter than `min_seconds` is quarantined: it cannot fill one segment, so it would enter the
+//!   split and then yield nothing (a test track with no segments). The default, 2.97 s, is the study's
+//!   segment; a pipeline slicing longer segments should raise it to match.
 //! - Classes are the folders directly holding the tracks, sorted; a track's label is its class's index.
 //!   A class left without any decodable track is an error: stratified splitting needs data in every class.
+//!   So is a dataset of a single class: nothing can be learned, and its accuracy would read 100%.
 //! - Output bytes do not depend on the thread count: decoding runs in parallel with ordered collection, and
 //!   both tables are sorted (tracks by id, quarantine by path).
 //! - At most one decoded track per worker is in memory: each is digested and counted, then dropped.
@@ -30,6 +38,7 @@ use crate::stage::{
     StageParams, StageReport, TypedStage, UnlistedEntry, UnlistedReason, DATASET,
 };
 use crate::stages::audio;
+use crate::stages::common::count;
 use crate::stages::common::tables::{Quarantine, QuarantinedFile, Track, TrackTable};
 
 pub use layout::{extension, plan, Candidate, LayoutKind, Plan, SkipKind, Skipped};
@@ -43,6 +52,10 @@ pub struct Params {
     /// File extensions treated as audio (case-insensitive, no dot). `wav` and `au`: the Kaggle and the original
     /// GTZAN distributions, the two containers the decoder reads.
     pub extensions: Vec<String>,
+    /// Shortest usable track, in seconds: shorter ones are quarantined. Counted in whole samples at
+    /// `sample_rate`, rounded down, so the default 2.97 s is 65,488 samples at 22,050 Hz: exactly the study's
+    /// segment, `int(22050 * 2.97)`, the least a track needs to give `slice` one segment.
+    pub min_seconds: f64,
 }
 
 impl Default for Params {
@@ -50,9 +63,13 @@ impl Default for Params {
         Params {
             sample_rate: 22050,
             extensions: vec!["wav".into(), "au".into()],
+            min_seconds: 2.97,
         }
     }
 }
+
+/// Largest `min_seconds`: an hour, far beyond any music track, and a bound that keeps the sample count exact.
+pub const MAX_MIN_SECONDS: f64 = 3600.0;
 
 /// Non-audio files listed one per summary line up to this many; beyond it they are summarised by extension
 /// (the Kaggle GTZAN copy carries a thousand spectrogram PNGs).
@@ -68,6 +85,12 @@ impl StageParams for Params {
             ParamProblem::unless_within("sample_rate", self.sample_rate, rates, " Hz")
                 .into_iter()
                 .collect();
+        problems.extend(ParamProblem::unless_within(
+            "min_seconds",
+            self.min_seconds,
+            0.0..=MAX_MIN_SECONDS,
+            " s",
+        ));
         if self.extensions().is_empty() {
             problems.push(ParamProblem::at(
                 "extensions",
@@ -86,6 +109,11 @@ impl Params {
             .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
             .filter(|e| !e.is_empty())
             .collect()
+    }
+
+    /// `min_seconds` in samples at `sample_rate`, rounded down (see `min_seconds`).
+    fn min_samples(&self) -> u64 {
+        (self.min_seconds * f64::from(self.sample_rate)).floor() as u64
     }
 }
 
@@ -111,13 +139,15 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
             },
         })
         .collect();
+    one_class_check(&plan, &unlisted, &dataset.root.display().to_string())?;
 
+    let min_samples = params.min_samples();
     let bar = ctx.progress(plan.candidates.len() as u64, "decode");
     let outcomes: Vec<Outcome> = plan
         .candidates
         .par_iter()
         .map(|c| {
-            let outcome = decode_one(&dataset.root, c, params.sample_rate);
+            let outcome = decode_one(&dataset.root, c, params.sample_rate, min_samples);
             bar.inc(1);
             outcome
         })
@@ -130,9 +160,19 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     Ok(report(&plan, &table, &quarantine))
 }
 
-fn decode_one(root: &Path, c: &Candidate, sample_rate: u32) -> Outcome {
+fn decode_one(root: &Path, c: &Candidate, sample_rate: u32, min_samples: u64) -> Outcome {
     let path = join_rel(root, &c.rel_path);
     match audio::decode_file(&path, sample_rate) {
+        Ok(decoded) if (decoded.samples.len() as u64) < min_samples => Err(QuarantinedFile {
+            path: c.rel_path.clone(),
+            file_digest: c.file_digest.clone(),
+            reason: format!(
+                "too short: {} ({:.2} s) at {sample_rate} Hz, under min_seconds ({min_samples} samples), \
+                 so too short to slice",
+                count(decoded.samples.len(), "sample", "samples"),
+                decoded.samples.len() as f64 / f64::from(sample_rate)
+            ),
+        }),
         Ok(decoded) => Ok(Track {
             id: c.id.clone(),
             class: c.class.clone(),
@@ -143,12 +183,42 @@ fn decode_one(root: &Path, c: &Candidate, sample_rate: u32) -> Outcome {
             source_channels: decoded.source_channels,
             file_digest: c.file_digest.clone(),
             audio_digest: audio::audio_digest(&decoded.samples),
+            warnings: decoded.warnings,
         }),
         Err(e) => Err(QuarantinedFile {
             path: c.rel_path.clone(),
             file_digest: c.file_digest.clone(),
             reason: e.reason,
         }),
+    }
+}
+
+/// A dataset whose every track (or entry standing where one would) sits in one class folder is refused
+/// before anything is decoded: a classifier of one class learns nothing and scores a meaningless 100%.
+fn one_class_check(plan: &Plan, unlisted: &[Unlisted], root: &str) -> Result<(), StageError> {
+    let classes: std::collections::BTreeSet<&str> = plan
+        .candidates
+        .iter()
+        .map(|c| c.class.as_str())
+        .chain(unlisted.iter().filter_map(|u| u.class.as_deref()))
+        .collect();
+    match classes.into_iter().collect::<Vec<_>>().as_slice() {
+        [one] => {
+            let folder = if plan.prefix.is_empty() {
+                (*one).to_string()
+            } else {
+                format!("{}/{one}", plan.prefix)
+            };
+            Err(StageError::bad_input(
+                DATASET,
+                format!(
+                    "only one class under {root}: `{one}` ({folder}/, {}); classification needs at least \
+                     two class folders: point the dataset root at the folder holding all of them",
+                    count(plan.candidates.len(), "audio file", "audio files")
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -281,16 +351,26 @@ fn report(plan: &Plan, table: &TrackTable, quarantine: &Quarantine) -> StageRepo
             .entry((t.source_rate, t.source_channels))
             .or_default() += 1;
     }
-    let lineage = serde_json::json!({
+    let mut lineage = serde_json::json!({
         "tracks": table.tracks.len(),
         "classes": classes,
         "quarantined": quarantine.files.iter().map(|q| q.path.as_str()).collect::<Vec<_>>(),
     });
+    let warned: Vec<&Track> = table
+        .tracks
+        .iter()
+        .filter(|t| !t.warnings.is_empty())
+        .collect();
+    // Only when there is one, so a clean dataset's lineage keeps its bytes.
+    if !warned.is_empty() {
+        lineage["warned"] =
+            serde_json::json!(warned.iter().map(|t| t.path.as_str()).collect::<Vec<_>>());
+    }
 
     let mut summary = vec![format!(
-        "{} tracks in {} classes at {} Hz (layout: {})",
-        table.tracks.len(),
-        table.classes.len(),
+        "{} in {} at {} Hz (layout: {})",
+        count(table.tracks.len(), "track", "tracks"),
+        count(table.classes.len(), "class", "classes"),
         table.sample_rate,
         plan.kind.name()
     )];
@@ -328,6 +408,11 @@ fn report(plan: &Plan, table: &TrackTable, quarantine: &Quarantine) -> StageRepo
     }
     if quarantine.files.is_empty() {
         summary.push("quarantine: none".into());
+    }
+    for t in &warned {
+        for w in &t.warnings {
+            summary.push(format!("warning {}: {w}", t.path));
+        }
     }
     StageReport { lineage, summary }
 }

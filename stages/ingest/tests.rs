@@ -92,6 +92,15 @@ impl Corpus {
     }
 }
 
+/// The corpora here are tracks of a few samples to 0.1 s, far under the study's 2.97 s `min_seconds`: the
+/// tests that are not about track length turn it off.
+fn small() -> Params {
+    Params {
+        min_seconds: 0.0,
+        ..Params::default()
+    }
+}
+
 struct Outcome {
     tracks: TrackTable,
     quarantine: Quarantine,
@@ -176,7 +185,7 @@ fn kaggle_corpus() -> Corpus {
 #[test]
 fn kaggle_layout_tracks_labels_and_quarantine() {
     let c = kaggle_corpus();
-    let o = ingest(&c, &Params::default(), 2).unwrap();
+    let o = ingest(&c, &small(), 2).unwrap();
     let t = &o.tracks;
     assert_eq!(t.sample_rate, 22050);
     assert_eq!(t.classes, vec!["blues", "jazz", "rock"]);
@@ -280,8 +289,8 @@ fn kaggle_layout_tracks_labels_and_quarantine() {
 #[test]
 fn output_bytes_do_not_depend_on_threads() {
     let c = kaggle_corpus();
-    let one = ingest(&c, &Params::default(), 1).unwrap();
-    let four = ingest(&c, &Params::default(), 4).unwrap();
+    let one = ingest(&c, &small(), 1).unwrap();
+    let four = ingest(&c, &small(), 4).unwrap();
     assert_eq!(one.tracks_bytes, four.tracks_bytes);
     assert_eq!(one.quarantine_bytes, four.quarantine_bytes);
     assert_eq!(one.report.lineage, four.report.lineage);
@@ -301,7 +310,7 @@ fn original_au_layout() {
         }
     }
     c.add("genres/bextract_single.mf", b"list".to_vec());
-    let o = ingest(&c, &Params::default(), 2).unwrap();
+    let o = ingest(&c, &small(), 2).unwrap();
     assert_eq!(o.tracks.classes, vec!["blues", "classical"]);
     assert_eq!(o.tracks.tracks.len(), 4);
     assert!(
@@ -333,7 +342,7 @@ fn class_folders_layout_with_mixed_case_extensions() {
     c.wav("tablaDataset/dadra/dadra02.wav", 310.0);
     c.add("tablaDataset/ektal/ektal01.Au", au_bytes(&[1, 2, 3]));
     c.add("README.md", b"readme".to_vec());
-    let o = ingest(&c, &Params::default(), 1).unwrap();
+    let o = ingest(&c, &small(), 1).unwrap();
     assert_eq!(o.tracks.classes, vec!["dadra", "ektal"]);
     let ids: Vec<(&str, u32)> = o
         .tracks
@@ -355,19 +364,17 @@ fn class_folders_layout_with_mixed_case_extensions() {
         "not an audio file (extension .md), outside the class folders under tablaDataset/"
     );
 
-    // Restricting the extensions turns the .au into a non-audio file, leaving its class empty.
+    // Restricting the extensions turns the .au into a non-audio file, leaving one class: nothing to classify.
     let only_wav = Params {
         extensions: vec![".WAV".into()],
-        ..Params::default()
+        ..small()
     };
-    let o = ingest(&c, &only_wav, 1).unwrap();
-    assert_eq!(o.tracks.classes, vec!["dadra"]);
-    assert!(o
-        .quarantine
-        .files
-        .iter()
-        .any(|q| q.path == "tablaDataset/ektal/ektal01.Au"
-            && q.reason == "not an audio file (extension .au)"));
+    let e = error_text(ingest(&c, &only_wav, 1));
+    assert!(
+        e.contains("only one class under")
+            && e.contains("`dadra` (tablaDataset/dadra/, 2 audio files)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -377,7 +384,7 @@ fn resampling_target_is_a_param() {
     c.wav("b/y.wav", 400.0);
     let params = Params {
         sample_rate: 11025,
-        ..Params::default()
+        ..small()
     };
     let o = ingest(&c, &params, 1).unwrap();
     assert_eq!(o.tracks.sample_rate, 11025);
@@ -388,7 +395,7 @@ fn resampling_target_is_a_param() {
         .all(|t| t.samples == 1103 && t.source_rate == 22050));
     let zero = Params {
         sample_rate: 0,
-        ..Params::default()
+        ..small()
     };
     assert_eq!(
         error_text(ingest(&c, &zero, 1)),
@@ -402,6 +409,7 @@ fn params_problems_name_each_param() {
     let bad = Params {
         sample_rate: 4_000_000_000,
         extensions: vec![".".into(), String::new()],
+        min_seconds: f64::NAN,
     };
     assert_eq!(
         bad.validate(),
@@ -410,12 +418,13 @@ fn params_problems_name_each_param() {
                 "sample_rate",
                 "4000000000 is outside the limit 1000..=768000 Hz"
             ),
+            ParamProblem::at("min_seconds", "NaN is outside the limit 0..=3600 s"),
             ParamProblem::at("extensions", "must name at least one file extension"),
         ]
     );
     let dotted = Params {
         extensions: vec![".WAV".into()],
-        ..Params::default()
+        ..small()
     };
     assert_eq!(dotted.validate(), []);
 }
@@ -429,7 +438,7 @@ fn a_class_with_only_bad_files_is_an_error() {
         b"definitely not audio".to_vec(),
     );
     c.add("genres_original/jazz/jazz.00055.wav", Vec::new());
-    let e = error_text(ingest(&c, &Params::default(), 2));
+    let e = error_text(ingest(&c, &small(), 2));
     assert!(e.contains("class `jazz` has no decodable track (2 quarantined: genres_original/jazz/jazz.00054.wav: not a WAV file"), "{e}");
     assert!(
         e.contains("genres_original/jazz/jazz.00055.wav: empty file"),
@@ -442,13 +451,13 @@ fn unknown_layouts_and_empty_datasets_are_errors() {
     let mut flat = Corpus::new();
     flat.wav("a.wav", 300.0);
     flat.wav("b.wav", 300.0);
-    let e = error_text(ingest(&flat, &Params::default(), 1));
+    let e = error_text(ingest(&flat, &small(), 1));
     assert!(e.contains("unknown layout: expected <root>/<class>/<track>.{wav,au}, genres_original/<genre>/..., or genres/<genre>/...; found e.g. a.wav (no class folder)"), "{e}");
 
     let mut mixed = Corpus::new();
     mixed.wav("rock/a.wav", 300.0);
     mixed.wav("more/pop/b.wav", 300.0);
-    let e = error_text(ingest(&mixed, &Params::default(), 1));
+    let e = error_text(ingest(&mixed, &small(), 1));
     assert!(
         e.contains("unknown layout")
             && e.contains("2 different depths: rock/a.wav, more/pop/b.wav"),
@@ -458,11 +467,11 @@ fn unknown_layouts_and_empty_datasets_are_errors() {
     let mut parents = Corpus::new();
     parents.wav("x/rock/a.wav", 300.0);
     parents.wav("y/pop/b.wav", 300.0);
-    let e = error_text(ingest(&parents, &Params::default(), 1));
+    let e = error_text(ingest(&parents, &small(), 1));
     assert!(e.contains("class folders under 2 different parents"), "{e}");
 
     let empty = Corpus::new();
-    let e = error_text(ingest(&empty, &Params::default(), 1));
+    let e = error_text(ingest(&empty, &small(), 1));
     assert!(
         e.contains("no audio files (extensions wav, au) under") && e.ends_with("no files"),
         "{e}"
@@ -470,13 +479,13 @@ fn unknown_layouts_and_empty_datasets_are_errors() {
 
     let mut no_audio = Corpus::new();
     no_audio.add("blues/readme.txt", b"x".to_vec());
-    let e = error_text(ingest(&no_audio, &Params::default(), 1));
+    let e = error_text(ingest(&no_audio, &small(), 1));
     assert!(e.contains("1 files, none of them audio"), "{e}");
 
     let mut dup = Corpus::new();
     dup.wav("blues/a.wav", 300.0);
     dup.add("blues/a.au", au_bytes(&[1]));
-    let e = error_text(ingest(&dup, &Params::default(), 1));
+    let e = error_text(ingest(&dup, &small(), 1));
     assert!(
         e.contains("duplicate track id blues/a: blues/a.au and blues/a.wav"),
         "{e}"
@@ -567,7 +576,7 @@ fn many_non_audio_files_are_summarised_not_listed() {
         );
     }
     c.add("Data/features_3_sec.csv", b"x".to_vec());
-    let o = ingest(&c, &Params::default(), 1).unwrap();
+    let o = ingest(&c, &small(), 1).unwrap();
     assert_eq!(o.quarantine.files.len(), 13);
     assert_eq!(
         o.report.lineage["quarantined"].as_array().unwrap().len(),
@@ -585,7 +594,7 @@ fn clean_corpus_reports_no_quarantine() {
     let mut c = Corpus::new();
     c.wav("blues/a.wav", 300.0);
     c.wav("rock/b.wav", 300.0);
-    let o = ingest(&c, &Params::default(), 1).unwrap();
+    let o = ingest(&c, &small(), 1).unwrap();
     assert_eq!(o.report.summary.last().unwrap(), "quarantine: none");
     assert!(o.quarantine.files.is_empty());
     // Same audio in two files: one digest, two tracks (the split stage groups them).
@@ -601,7 +610,7 @@ fn params_default_to_the_study_and_reject_unknown_keys() {
     let canonical = kind.canonical_params(&serde_yaml::Value::Null).unwrap();
     assert_eq!(
         canonical,
-        serde_json::json!({"sample_rate": 22050, "extensions": ["wav", "au"]})
+        serde_json::json!({"sample_rate": 22050, "extensions": ["wav", "au"], "min_seconds": 2.97})
     );
     let bad: serde_yaml::Value = serde_yaml::from_str("sample_rte: 1").unwrap();
     assert_eq!(
@@ -631,7 +640,7 @@ fn unlisted_entries_are_quarantined_and_count_against_their_class() {
         ),
         entry("loop", UnlistedReason::Loop { first: "".into() }),
     ];
-    let o = ingest(&c, &Params::default(), 1).unwrap();
+    let o = ingest(&c, &small(), 1).unwrap();
     let reasons: Vec<(&str, &str)> = o
         .quarantine
         .files
@@ -660,11 +669,171 @@ fn unlisted_entries_are_quarantined_and_count_against_their_class() {
             target: "../x".into(),
         },
     ));
-    let e = error_text(ingest(&c, &Params::default(), 1));
+    let e = error_text(ingest(&c, &small(), 1));
     assert!(
         e.contains(
             "class `jazz` has no decodable track (1 quarantined: jazz/jazz.0.wav: dangling symlink to ../x)"
         ),
         "{e}"
     );
+}
+
+/// The byte offset of a chunk's 4-byte id in a RIFF file.
+fn chunk_at(bytes: &[u8], id: &[u8; 4]) -> usize {
+    bytes.windows(4).position(|w| w == id).unwrap()
+}
+
+fn set_u32(bytes: &mut [u8], at: usize, v: u32) {
+    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+}
+
+/// Two classes of one clean 0.1 s track each, plus `odd` as `b/odd.wav`.
+fn with_odd_wav(odd: Vec<u8>) -> Corpus {
+    let mut c = Corpus::new();
+    c.wav("a/x.wav", 300.0);
+    c.wav("b/y.wav", 400.0);
+    c.add("b/odd.wav", odd);
+    c
+}
+
+fn clean_wav() -> Vec<u8> {
+    wav_bytes(&std::env::temp_dir(), 22050, 1, 500.0, 2205)
+}
+
+#[test]
+fn a_wav_whose_riff_size_lies_is_a_track_with_a_warning() {
+    let mut bytes = clean_wav();
+    let riff = get_u32(&bytes, 4);
+    set_u32(&mut bytes, 4, riff + 1000);
+    let o = ingest(&with_odd_wav(bytes), &small(), 1).unwrap();
+    let odd = o.tracks.tracks.iter().find(|t| t.id == "b/odd").unwrap();
+    assert_eq!(odd.samples, 2205);
+    assert_eq!(
+        odd.warnings,
+        [format!(
+            "RIFF size field declares {} bytes, the file has {}",
+            riff + 1008,
+            riff + 8
+        )]
+    );
+    assert!(
+        o.report
+            .summary
+            .iter()
+            .any(|l| l.starts_with("warning b/odd.wav: RIFF size field declares")),
+        "{:?}",
+        o.report.summary
+    );
+    assert_eq!(o.report.lineage["warned"], serde_json::json!(["b/odd.wav"]));
+    // The clean tracks' records carry no `warnings` key: their bytes are what they were before it existed.
+    let text = String::from_utf8(o.tracks_bytes).unwrap();
+    assert_eq!(text.matches("warnings").count(), 1, "{text}");
+}
+
+#[test]
+fn bytes_after_the_riff_chunk_are_a_warning() {
+    let mut bytes = clean_wav();
+    bytes.extend_from_slice(b"junk");
+    let o = ingest(&with_odd_wav(bytes), &small(), 1).unwrap();
+    let odd = o.tracks.tracks.iter().find(|t| t.id == "b/odd").unwrap();
+    assert_eq!(odd.samples, 2205);
+    assert_eq!(odd.warnings.len(), 1);
+    assert!(
+        odd.warnings[0].starts_with("4 bytes after the RIFF chunk ignored"),
+        "{:?}",
+        odd.warnings
+    );
+}
+
+#[test]
+fn a_data_chunk_ending_inside_a_sample_drops_that_sample_with_a_warning() {
+    let mut bytes = clean_wav();
+    let data = chunk_at(&bytes, b"data");
+    let size = get_u32(&bytes, data + 4);
+    set_u32(&mut bytes, data + 4, size + 1);
+    // One byte of a sample that never finished, then the pad byte an odd-sized chunk takes.
+    bytes.extend_from_slice(&[0x12, 0]);
+    let riff = get_u32(&bytes, 4);
+    set_u32(&mut bytes, 4, riff + 2);
+    let o = ingest(&with_odd_wav(bytes), &small(), 1).unwrap();
+    assert!(o.quarantine.files.is_empty(), "{:?}", o.quarantine);
+    let odd = o.tracks.tracks.iter().find(|t| t.id == "b/odd").unwrap();
+    assert_eq!(odd.samples, 2205);
+    assert_eq!(
+        odd.warnings,
+        ["data chunk of 4411 bytes ends 1 byte into a 2-byte frame; the partial frame is ignored"]
+    );
+}
+
+#[test]
+fn a_data_chunk_longer_than_the_file_is_quarantined_as_truncated() {
+    let mut bytes = clean_wav();
+    bytes.truncate(bytes.len() - 1);
+    let o = ingest(&with_odd_wav(bytes), &small(), 1).unwrap();
+    assert_eq!(o.tracks.tracks.len(), 2);
+    assert_eq!(o.quarantine.files.len(), 1);
+    assert!(
+        o.quarantine.files[0].reason.starts_with("truncated WAV"),
+        "{:?}",
+        o.quarantine
+    );
+}
+
+#[test]
+fn a_track_shorter_than_min_seconds_is_quarantined_and_never_reaches_the_split() {
+    let one_sample = wav_bytes(&std::env::temp_dir(), 22050, 1, 500.0, 1);
+    let tenth = Params {
+        min_seconds: 0.05,
+        ..Params::default()
+    };
+    let o = ingest(&with_odd_wav(one_sample), &tenth, 1).unwrap();
+    let ids: Vec<&str> = o.tracks.tracks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["a/x", "b/y"]);
+    assert_eq!(o.quarantine.files.len(), 1);
+    assert_eq!(
+        o.quarantine.files[0].reason,
+        "too short: 1 sample (0.00 s) at 22050 Hz, under min_seconds (1102 samples), so too short to slice"
+    );
+    assert_eq!(
+        o.report.summary[0],
+        "2 tracks in 2 classes at 22050 Hz (layout: class_folders)"
+    );
+}
+
+#[test]
+fn the_default_min_seconds_is_exactly_the_studys_segment() {
+    // int(22050 * 2.97): a track of one segment passes, one sample less does not.
+    assert_eq!(Params::default().min_samples(), 65488);
+    assert_eq!(
+        Params::default().min_samples(),
+        crate::stages::slice::Params::default().segment_samples
+    );
+}
+
+#[test]
+fn a_one_class_dataset_is_an_error_naming_the_root_and_the_class() {
+    let mut c = Corpus::new();
+    c.wav("genres_original/blues/blues.00000.wav", 300.0);
+    c.wav("genres_original/blues/blues.00001.wav", 400.0);
+    let e = error_text(ingest(&c, &small(), 1));
+    assert!(
+        e.contains(&format!(
+            "only one class under {}: `blues` (genres_original/blues/, 2 audio files)",
+            c.root.display()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("at least two class folders"), "{e}");
+}
+
+#[test]
+fn counts_take_the_singular_for_one() {
+    use crate::stages::common::count;
+    assert_eq!(count(1, "class", "classes"), "1 class");
+    assert_eq!(count(0, "track", "tracks"), "0 tracks");
+    assert_eq!(count(5, "track", "tracks"), "5 tracks");
 }

@@ -16,6 +16,7 @@ use crate::stage::{
     read_json, write_canonical_json, Determinism, Need, ParamProblem, StageContext, StageError,
     StageKind, StageParams, StageReport, TypedStage,
 };
+use crate::stages::common::count;
 use crate::stages::common::tables::{
     Segment, SegmentTable, ShortTrack, SplitTable, TrackTable, SPLITS,
 };
@@ -149,10 +150,11 @@ fn report(split: &SplitTable, table: &SegmentTable) -> StageReport {
     let seconds = table.segment_samples as f64 / f64::from(table.sample_rate.max(1));
     let n_short = table.short_tracks.len();
     let mut summary = vec![format!(
-        "sliced {n_tracks} tracks into {} segments of {} samples ({seconds:.2} s); {n_short} short track{}",
-        table.segments.len(),
+        "sliced {} into {} of {} samples ({seconds:.2} s); {}",
+        count(n_tracks, "track", "tracks"),
+        count(table.segments.len(), "segment", "segments"),
         table.segment_samples,
-        if n_short == 1 { "" } else { "s" }
+        count(n_short, "short track", "short tracks")
     )];
     let empty: Vec<&str> = table
         .short_tracks
@@ -168,8 +170,9 @@ fn report(split: &SplitTable, table: &SegmentTable) -> StageReport {
             String::new()
         };
         summary.push(format!(
-            "{} track(s) too short for one segment, not used: {shown}{more}",
-            empty.len()
+            "{} too short for one segment, not used: {shown}{more}; raise ingest's min_seconds to the \
+             segment length ({seconds:.2} s) to keep such tracks out of the split",
+            count(empty.len(), "track", "tracks")
         ));
     }
     StageReport {

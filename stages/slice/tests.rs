@@ -13,6 +13,7 @@ fn track(id: &str, label: u32, samples: u64) -> Track {
         source_channels: 1,
         file_digest: format!("f-{id}"),
         audio_digest: format!("a-{id}"),
+        warnings: vec![],
     }
 }
 
@@ -176,4 +177,30 @@ fn every_bad_param_is_reported_at_once() {
         };
         assert_eq!(params.validate(), [], "{segment_samples}");
     }
+}
+
+#[test]
+fn report_counts_take_the_singular_for_one() {
+    let (tracks, _) = fixture();
+    let split = SplitTable {
+        method: "random".into(),
+        train: vec!["jazz/jazz.00000".into()],
+        val: vec![],
+        test: vec!["jazz/jazz.00001".into()],
+        duplicate_groups: vec![],
+    };
+    let params = Params {
+        segments_per_track: 1,
+        ..Params::default()
+    };
+    let table = slice(&tracks, &split, &params).unwrap();
+    let summary = report(&split, &table).summary;
+    assert_eq!(
+        summary[0],
+        "sliced 2 tracks into 1 segment of 65488 samples (2.97 s); 1 short track"
+    );
+    assert!(
+        summary[1].starts_with("1 track too short for one segment, not used: jazz/jazz.00001;"),
+        "{summary:?}"
+    );
 }

@@ -28,6 +28,7 @@ use crate::stage::{
     read_json, write_canonical_json, Determinism, Need, ParamFile, ParamProblem, StageContext,
     StageError, StageKind, StageParams, StageReport, TypedStage,
 };
+use crate::stages::common::count;
 use crate::stages::common::tables::{SplitTable, Track, TrackTable, SPLITS};
 
 /// Params of `split`.
@@ -458,20 +459,26 @@ fn report(
             percent(params.test)
         )
     };
+    // The noun follows the last count: "test 1 track", "test 4 tracks".
     let mut line = format!(
-        "split ({method}): train {}, val {}, test {} tracks",
+        "split ({method}): train {}, val {}, test {}",
         table.train.len(),
         table.val.len(),
-        table.test.len()
+        count(table.test.len(), "track", "tracks")
     );
     if params.lists.is_some() {
         lineage["excluded"] = serde_json::json!(excluded);
-        line.push_str(&format!("; {excluded} tracks in no list excluded"));
+        line.push_str(&format!(
+            "; {} in no list excluded",
+            count(excluded, "track", "tracks")
+        ));
     }
     let n = table.duplicate_groups.len();
     if n > 0 {
-        let s = if n == 1 { "" } else { "s" };
-        line.push_str(&format!("; {n} duplicate group{s} kept together"));
+        line.push_str(&format!(
+            "; {} kept together",
+            count(n, "duplicate group", "duplicate groups")
+        ));
     }
     StageReport {
         lineage,

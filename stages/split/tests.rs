@@ -13,6 +13,7 @@ fn table(per_class: usize, dups: &[(&str, &str)]) -> TrackTable {
             let id = format!("{class}/{class}.{i:05}");
             tracks.push(Track {
                 audio_digest: format!("digest-{id}"),
+                warnings: vec![],
                 file_digest: format!("file-{id}"),
                 path: format!("genres_original/{id}.wav"),
                 id,
@@ -353,5 +354,30 @@ fn lists_must_name_three_distinct_files_and_make_fractions_moot() {
                 "`a.txt` is also the train list; each split needs its own file"
             ),
         ]
+    );
+}
+
+#[test]
+fn report_counts_take_the_singular_for_one() {
+    let tracks = table(1, &[]);
+    let split = SplitTable {
+        method: "lists".into(),
+        train: vec!["blues/blues.00000".into()],
+        val: vec!["jazz/jazz.00000".into()],
+        test: vec!["rock/rock.00000".into()],
+        duplicate_groups: vec![vec!["a".into(), "b".into()]],
+    };
+    let params = Params {
+        lists: Some(ListFiles {
+            train: "train.txt".into(),
+            val: "val.txt".into(),
+            test: "test.txt".into(),
+        }),
+        ..Params::default()
+    };
+    assert_eq!(
+        report(&params, &tracks, &split, 1).summary,
+        ["split (lists): train 1, val 1, test 1 track; 1 track in no list excluded; 1 duplicate group \
+          kept together"]
     );
 }
