@@ -8,7 +8,8 @@
 # Environment:
 #   BENCH_DIR         work folder (default /tmp/genrelab-bench-features); the corpus is generated once and reused
 #   TRACKS_PER_GENRE  synthetic tracks per genre (default 100, i.e. 1,000 tracks)
-#   RUNS              timed genrelab runs, each from an empty artifacts folder (default 3; the median is reported)
+#   RUNS              rounds, each one genrelab run (from an empty artifacts folder) and one librosa run, alternated
+#                     run by run (default 3; median, min and max reported)
 #   GENRELAB          use this genrelab binary instead of building one
 #   LIBROSA           0 to skip the librosa baseline
 #   LIBROSA_BUDGET    seconds librosa may spend before its total is extrapolated from the tracks done (default 300)
@@ -67,15 +68,24 @@ CORPUS_BYTES=$(du -sb corpus | cut -f1)
 # Both sides read the corpus from a warm page cache.
 find corpus -type f -exec cat {} + >/dev/null
 
-WALLS=() RSSS=()
-for i in $(seq 1 "$RUNS"); do
+HAVE_LIBROSA=0
+if [[ "$LIBROSA" != 0 ]]; then
+    if ! "$BENCH_VENV/bin/python" -c 'import librosa, soundfile' 2>/dev/null; then
+        say "installing librosa into $BENCH_VENV..."
+        ([[ -x "$BENCH_VENV/bin/python" ]] || python3 -m venv "$BENCH_VENV") >&2
+        "$BENCH_VENV/bin/pip" install -q librosa numpy soundfile >&2 || say "could not install librosa; skipping it"
+    fi
+    "$BENCH_VENV/bin/python" -c 'import librosa, soundfile' 2>/dev/null && HAVE_LIBROSA=1
+fi
+
+genrelab_once() {
     rm -rf artifacts pipeline.lock
-    say "genrelab run --until features ($i of $RUNS)..."
+    say "genrelab run --until features ($1 of $RUNS)..."
     if ! /usr/bin/time -v -o time.log "$GENRELAB" run --until features >run.log 2>&1; then
         tail -30 run.log >&2
         fail "genrelab run --until features failed (log: $BENCH_DIR/run.log)"
     fi
-    read -r wall rss < <(python3 - <<'EOF'
+    read -r wall rss < <(python3 - <<'PY'
 import re
 t = open("time.log").read()
 w = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", t).group(1)
@@ -84,28 +94,34 @@ for part in w.split(":"):
     s = s * 60 + float(part)
 rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
 print(f"{s:.3f} {rss}")
-EOF
+PY
     )
     WALLS+=("$wall")
     RSSS+=("$rss")
     say "  $wall s, peak RSS $((rss / 1024)) MiB"
+}
+
+librosa_once() {
+    say "librosa baseline ($1 of $RUNS; single process, budget ${LIBROSA_BUDGET} s)..."
+    LIB_JSONS+=("$("$BENCH_VENV/bin/python" "$HERE/features_librosa.py" corpus --budget "$LIBROSA_BUDGET")") ||
+        fail "features_librosa.py failed"
+}
+
+# The two tools alternate run by run, and which goes first swaps every round, so a load swing on a shared
+# machine lands on both alike instead of moving their ratio.
+WALLS=() RSSS=() LIB_JSONS=()
+for i in $(seq 1 "$RUNS"); do
+    if [[ "$HAVE_LIBROSA" == 1 && $((i % 2)) == 0 ]]; then
+        librosa_once "$i"
+        genrelab_once "$i"
+    else
+        genrelab_once "$i"
+        if [[ "$HAVE_LIBROSA" == 1 ]]; then librosa_once "$i"; fi
+    fi
 done
 "$GENRELAB" status >status.log 2>&1 || { cat status.log >&2; fail "stages not up to date right after the run"; }
 SUMMARY=$(grep -E '^features' run.log | tail -1 || true)
-
-LIB_JSON=""
-if [[ "$LIBROSA" != 0 ]]; then
-    if ! "$BENCH_VENV/bin/python" -c 'import librosa, soundfile' 2>/dev/null; then
-        say "installing librosa into $BENCH_VENV..."
-        ([[ -x "$BENCH_VENV/bin/python" ]] || python3 -m venv "$BENCH_VENV") >&2
-        "$BENCH_VENV/bin/pip" install -q librosa numpy soundfile >&2 || say "could not install librosa; skipping it"
-    fi
-    if "$BENCH_VENV/bin/python" -c 'import librosa, soundfile' 2>/dev/null; then
-        say "librosa baseline (single process, budget ${LIBROSA_BUDGET} s)..."
-        LIB_JSON=$("$BENCH_VENV/bin/python" "$HERE/features_librosa.py" corpus --budget "$LIBROSA_BUDGET") ||
-            fail "features_librosa.py failed"
-    fi
-fi
+LIB_JSON=$(printf '%s\n' "${LIB_JSONS[@]}")
 
 export LIB_JSON NTRACKS CORPUS_BYTES SUMMARY
 python3 - "${WALLS[@]}" -- "${RSSS[@]}" <<'EOF'
@@ -134,13 +150,18 @@ print(f"  peak RSS         {peak_mib:.0f} MiB (max over runs)      target < 2048
       f"{'met' if peak_mib < 2048 else 'NOT met'}")
 if e.get("SUMMARY"):
     print(f"  {e['SUMMARY']}")
-lib = json.loads(e["LIB_JSON"]) if e.get("LIB_JSON") else None
+libs = [json.loads(line) for line in e.get("LIB_JSON", "").splitlines() if line.strip()]
+lib = libs[0] if libs else None
 if lib:
+    totals = [x["seconds_total"] for x in libs]
+    lib = dict(lib, seconds_total=statistics.median(totals))
     how = (f"extrapolated from {lib['tracks_done']} of {lib['tracks_total']} tracks"
            if lib["extrapolated"] else f"measured on all {lib['tracks_total']} tracks")
     print(f"librosa {lib['librosa']} (numpy {lib['numpy']}), one process, load + melspectrogram + power_to_db, "
           f"no output written")
-    print(f"  wall time        {lib['seconds_total']:.1f} s ({how}); {lib['seconds_per_track'] * 1000:.1f} ms per track;"
+    print(f"  wall time        {lib['seconds_total']:.1f} s median of {len(totals)} runs alternated with genrelab's "
+          f"(min {min(totals):.1f} s, max {max(totals):.1f} s; {how})")
+    print(f"                   {lib['seconds_per_track'] * 1000:.1f} ms per track;"
           f" {lib['segments']} segments of {lib['segment_shape']} in {lib['seconds_measured']:.1f} s measured")
     print(f"  peak RSS         {lib['peak_rss_mib']:.0f} MiB")
     if lib["tracks_failed"]:

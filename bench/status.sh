@@ -89,25 +89,9 @@ RUST_LOG=info "$GENRELAB" status 2>&1 >/dev/null | grep -q "rehashed=$NFILES " |
 RUST_LOG=info "$GENRELAB" status 2>&1 >/dev/null | grep -q "rehashed=0 " ||
     fail "a status with a warm stat cache re-hashed inputs"
 
-say "timing genrelab status, warm stat cache ($RUNS runs)..."
-read -r G_WARM G_WARM_MIN _ G_WARM_CPU < <("${TIMECMD[@]}" --runs "$RUNS" --warmup 2 -- "$GENRELAB" status) || fail "warm genrelab status failed"
-say "timing genrelab status, cold stat cache ($COLD_RUNS runs)..."
-read -r G_COLD G_COLD_MIN _ G_COLD_CPU < <("${TIMECMD[@]}" --runs "$COLD_RUNS" --before "rm -f artifacts/statcache.json" -- "$GENRELAB" status) || fail "cold genrelab status failed"
-
-DROP=0
-if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then DROP=1; fi
-G_DISK="" G_DISK_MIN="" G_DISK_CPU=""
-if [[ "$DROP" -eq 1 ]]; then
-    say "timing genrelab status, cold stat cache and cold page cache (3 runs)..."
-    read -r G_DISK G_DISK_MIN _ G_DISK_CPU < <("${TIMECMD[@]}" --runs 3 --warmup 0 \
-        --before "rm -f artifacts/statcache.json; sync; echo 3 > /proc/sys/vm/drop_caches" -- "$GENRELAB" status) ||
-        fail "cold-disk genrelab status failed"
-fi
-# Leave the stat cache warm for whoever looks next.
-"$GENRELAB" status >/dev/null || fail "genrelab status reports stale stages after the benchmark"
-
 # --- DVC ---------------------------------------------------------------------------------------------------
 D_WARM="" D_COLD="" D_DISK="" D_WARM_CPU="" D_COLD_CPU="" D_DISK_CPU="" D_LABEL="" D_MEASURED=0
+D="$BENCH_DIR/dvc" SITE="$BENCH_DIR/dvc-site-cache" DVCBIN=""
 if [[ "$DVC" != 0 ]]; then
     if [[ ! -x "$BENCH_VENV/bin/dvc" ]]; then
         say "installing DVC ($DVC_SPEC) into $BENCH_VENV..."
@@ -158,17 +142,6 @@ if [[ "$DVC" != 0 && -x "$BENCH_VENV/bin/dvc" ]]; then
     "$DVCBIN" repro -q >&2 || fail "dvc repro failed"
     git add -A >/dev/null && git commit -qm "bench pipeline" >/dev/null 2>&1 || true
     "$DVCBIN" status -q || fail "dvc status reports changes right after dvc repro"
-    say "timing dvc status, warm ($RUNS runs)..."
-    read -r D_WARM D_WARM_MIN _ D_WARM_CPU < <("${TIMECMD[@]}" --runs "$RUNS" --warmup 2 -- "$DVCBIN" status) || fail "warm dvc status failed"
-    say "timing dvc status, cold hash database ($COLD_RUNS runs)..."
-    read -r D_COLD D_COLD_MIN _ D_COLD_CPU < <("${TIMECMD[@]}" --runs "$COLD_RUNS" --before "rm -rf '$SITE'" -- "$DVCBIN" status) ||
-        fail "cold dvc status failed"
-    if [[ "$DROP" -eq 1 ]]; then
-        say "timing dvc status, cold hash database and cold page cache (3 runs)..."
-        read -r D_DISK D_DISK_MIN _ D_DISK_CPU < <("${TIMECMD[@]}" --runs 3 --warmup 0 \
-            --before "rm -rf '$SITE'; sync; echo 3 > /proc/sys/vm/drop_caches" -- "$DVCBIN" status) ||
-            fail "cold-disk dvc status failed"
-    fi
     "$DVCBIN" status -q || fail "dvc status reports changes after the benchmark"
 else
     D_LABEL="DVC 3.67 (quoted, not measured)"
@@ -176,10 +149,44 @@ else
     D_COLD=2.9
 fi
 
+# --- timing: genrelab and DVC alternated run by run (A B, B A, ...), so load swings hit both alike ----------
+DROP=0
+if (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then DROP=1; fi
+G_DISK="" G_DISK_MIN="" G_DISK_MAX="" G_DISK_CPU=""
+# Each figure: one timecmd call; with DVC measured, both tools in it, alternated; prints one line per tool.
+time_both() { # label runs warmup g_before d_before
+    local label=$1 runs=$2 warmup=$3 gb=$4 db=$5
+    say "timing status, $label ($runs runs$([[ "$D_MEASURED" == 1 ]] && echo ", genrelab and DVC alternated"))..."
+    if [[ "$D_MEASURED" == 1 ]]; then
+        "${TIMECMD[@]}" --runs "$runs" --warmup "$warmup" --cwd "$G" --before "$gb" --cwd-b "$D" --before-b "$db" \
+            -- "$GENRELAB" status :: "$DVCBIN" status
+    else
+        "${TIMECMD[@]}" --runs "$runs" --warmup "$warmup" --cwd "$G" --before "$gb" -- "$GENRELAB" status
+        echo "- - - -"
+    fi
+}
+{ read -r G_WARM G_WARM_MIN G_WARM_MAX G_WARM_CPU; read -r D_W D_WARM_MIN D_WARM_MAX D_W_CPU; } \
+    < <(time_both "warm stat cache" "$RUNS" 2 true true) || fail "warm status timing failed"
+{ read -r G_COLD G_COLD_MIN G_COLD_MAX G_COLD_CPU; read -r D_C D_COLD_MIN D_COLD_MAX D_C_CPU; } \
+    < <(time_both "cold stat cache" "$COLD_RUNS" 1 "rm -f artifacts/statcache.json" "rm -rf '$SITE'") ||
+    fail "cold status timing failed"
+if [[ "$DROP" -eq 1 ]]; then
+    { read -r G_DISK G_DISK_MIN G_DISK_MAX G_DISK_CPU; read -r D_K D_DISK_MIN D_DISK_MAX D_K_CPU; } \
+        < <(time_both "cold stat cache and cold page cache" 3 0 \
+            "rm -f artifacts/statcache.json; sync; echo 3 > /proc/sys/vm/drop_caches" \
+            "rm -rf '$SITE'; sync; echo 3 > /proc/sys/vm/drop_caches") || fail "cold-disk status timing failed"
+fi
+if [[ "$D_MEASURED" == 1 ]]; then
+    D_WARM=$D_W D_WARM_CPU=$D_W_CPU D_COLD=$D_C D_COLD_CPU=$D_C_CPU
+    [[ "$DROP" -eq 1 ]] && D_DISK=$D_K D_DISK_CPU=$D_K_CPU
+fi
+(cd "$G" && "$GENRELAB" status >/dev/null) || fail "genrelab status reports stale stages after the benchmark"
+
 # --- report ------------------------------------------------------------------------------------------------
 LOAD_AFTER=$(cut -d" " -f1-3 /proc/loadavg)
-export D_LABEL D_MEASURED G_WARM G_WARM_MIN G_WARM_CPU G_COLD G_COLD_MIN G_COLD_CPU G_DISK G_DISK_MIN G_DISK_CPU \
-    D_WARM D_WARM_CPU D_COLD D_COLD_CPU D_DISK D_DISK_CPU NFILES FILE_SIZE LOAD_BEFORE LOAD_AFTER
+export D_LABEL D_MEASURED G_WARM G_WARM_MIN G_WARM_MAX G_WARM_CPU G_COLD G_COLD_MIN G_COLD_MAX G_COLD_CPU G_DISK G_DISK_MIN \
+    G_DISK_MAX G_DISK_CPU D_WARM D_WARM_MIN D_WARM_MAX D_WARM_CPU D_COLD D_COLD_MIN D_COLD_MAX D_COLD_CPU D_DISK D_DISK_MIN \
+    D_DISK_MAX D_DISK_CPU NFILES FILE_SIZE LOAD_BEFORE LOAD_AFTER
 python3 - <<'EOF'
 import os
 
@@ -191,7 +198,17 @@ TARGET = {"warm": 0.03, "cold": 0.5}
 
 
 def sec(x):
-    return f"{float(x):.3f} s" if x else "-"
+    return f"{float(x):.3f} s" if x and x != "-" else "-"
+
+
+def spread(v):
+    """median (min-max) of one figure, from its environment variables."""
+    med, lo, hi = e.get(v, ""), e.get(v + "_MIN", ""), e.get(v + "_MAX", "")
+    if not med or med == "-":
+        return "-"
+    if lo and hi and lo != "-":
+        return f"{float(med):.3f} s ({float(lo):.3f}-{float(hi):.3f})"
+    return sec(med)
 
 
 def ratio(d, g):
@@ -208,20 +225,20 @@ if e["G_DISK"]:
 print()
 print(f"status, 16 stages, {n} x {size / 1e6:.1f} MB inputs ({n * size / 1e9:.2f} GB); "
       f"{os.cpu_count()} CPUs, load average {e['LOAD_BEFORE']} before, {e['LOAD_AFTER']} after")
-print("wall time, median (min) of the runs")
-print(f"{'':34}{'genrelab':22}{e['D_LABEL']:34}{'ratio':9}target")
+print("wall time, median (min-max) of the runs" + (", genrelab and DVC alternated run by run" if e["D_MEASURED"] == "1" else ""))
+print(f"{'':34}{'genrelab':28}{e['D_LABEL']:34}{'ratio':9}target")
 verdicts = []
 for key, name, g, d in rows:
-    gtxt = sec(e[g]) + (f" ({float(e[g + '_MIN']):.3f})" if e.get(g + "_MIN") else "")
+    gtxt = spread(g)
     target = f"<= {TARGET[key]} s" if key in TARGET else ""
     if key in TARGET:
         verdicts.append(f"{key} {'met' if float(e[g]) <= TARGET[key] else 'NOT met'}")
-    print(f"{name:34}{gtxt:22}{sec(e[d]):34}{ratio(e[d], e[g]):9}{target}")
+    print(f"{name:34}{gtxt:28}{spread(d):34}{ratio(e[d], e[g]):9}{target}")
 if e["D_MEASURED"] == "1":
     print()
     print("CPU time (user+sys), median; less sensitive to other load on the machine")
     for key, name, g, d in rows:
-        print(f"{name:34}{sec(e[g + '_CPU']):22}{sec(e.get(d + '_CPU')):34}{ratio(e.get(d + '_CPU'), e[g + '_CPU'])}")
+        print(f"{name:34}{sec(e[g + '_CPU']):28}{sec(e.get(d + '_CPU')):34}{ratio(e.get(d + '_CPU'), e[g + '_CPU'])}")
 print()
 print("targets (the issue's, for a machine where DVC takes 0.57 s / 2.9 s):", ", ".join(verdicts))
 if e["D_MEASURED"] == "1":
