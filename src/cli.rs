@@ -69,6 +69,7 @@ pub enum Command {
     ///
     ///   {"state": "up_to_date" | "stale",
     ///    "dataset": {"root": "<dataset.root as written>", "state": "ready" | "not_generated"},
+    ///    "datasets": {"<name>": {"root": ..., "state": ...}, ...},   (only with `datasets:`)
     ///    "stages": [{"stage": "<name>", "kind": "<kind>",
     ///                "state": "up_to_date" | "cached" | "stale",
     ///                "key": "<hex digest>" | null,
@@ -76,7 +77,8 @@ pub enum Command {
     ///                "summary": ["<line>", ...]}, ...]}
     ///
     /// "cached" means stale against pipeline.lock, with the result already in the store. While the synthetic
-    /// corpus is not generated, "dataset.state" is "not_generated" and every stage is stale with that reason
+    /// corpus is not generated (or one of the named ones), its "state" is "not_generated" and every stage is
+    /// stale with that reason
     /// and a null key. When nothing can be planned (exit 2):
     ///
     ///   {"error": {"kind": "config" | "dataset" | "other",

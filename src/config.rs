@@ -1,13 +1,16 @@
 //! `pipeline.yaml`: parsed with serde_yaml into typed structs, every error located by file, line and column.
 //!
-//! The file has two sections: `dataset` (where the raw audio is, and optionally how to synthesise it) and
-//! `stages` (a list of `{name, kind, inputs, params, foreach}`). Params stay untyped here; each stage kind
+//! The file has two sections: `dataset` (where the raw audio is, and optionally how to synthesise it), or
+//! `datasets` (several such, by name), and `stages` (a list of `{name, kind, inputs, params, foreach}`). Params stay untyped here; each stage kind
 //! validates its own (see `dag.rs`), an entry with `foreach:` is expanded into its members by `family.rs`,
 //! and errors are pointed back at their line with [`Locator`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::stage::DATASET;
 
 /// A located configuration error. `line` and `column` are 1-based; both are 0 for an error about the whole
 /// file (it cannot be read), which is printed without a position.
@@ -59,7 +62,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPipeline {
-    dataset: RawDataset,
+    #[serde(default)]
+    dataset: Option<RawDataset>,
+    /// Named datasets, in file order (a map would lose it, and `dataset:NAME` inputs name them).
+    #[serde(default)]
+    datasets: Option<serde_yaml::Mapping>,
     #[serde(default)]
     exec: crate::exec::ExecConfig,
     #[serde(default)]
@@ -97,9 +104,11 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_yaml::
     serde_yaml::Value::deserialize(d).map(Some)
 }
 
-/// The dataset section, with `root` resolved against the config file's folder.
+/// A dataset section, with `root` resolved against the config file's folder.
 #[derive(Debug, Clone)]
 pub struct DatasetConfig {
+    /// `None` for the unnamed `dataset:` section, the key under `datasets:` otherwise.
+    pub name: Option<String>,
     /// As written in the file (recorded in lineage; never part of a key).
     pub root_as_written: String,
     pub root: PathBuf,
@@ -108,6 +117,146 @@ pub struct DatasetConfig {
     /// Follow symlinks whose target lies outside `root` (off by default: a dataset is what its folder holds,
     /// and a stray link to `/` would otherwise pull in the whole machine).
     pub follow_external_symlinks: bool,
+}
+
+impl DatasetConfig {
+    /// The input name stages list this dataset under.
+    pub fn input(&self) -> String {
+        dataset_input(self.name.as_deref())
+    }
+
+    /// Its section's path of keys in pipeline.yaml (`["dataset"]` or `["datasets", "gtzan"]`), for locating
+    /// errors.
+    pub fn section(&self) -> Vec<&str> {
+        match &self.name {
+            None => vec![DATASET],
+            Some(name) => vec!["datasets", name.as_str()],
+        }
+    }
+
+    /// Its section as written in messages: `dataset` or `datasets.gtzan`.
+    pub fn label(&self) -> String {
+        self.section().join(".")
+    }
+}
+
+/// How a stage lists a named dataset (declared under `datasets:`) among its inputs: `dataset:NAME`. The
+/// prefix is reserved: no stage name may start with it. (Kept here, not in `stage.rs`: that file's bytes are
+/// the stage contract digest in every key, and naming datasets changes no stage's contract.)
+pub const DATASET_PREFIX: &str = "dataset:";
+
+/// The input name of a dataset: `dataset` for the unnamed one, `dataset:NAME` for a named one.
+pub fn dataset_input(name: Option<&str>) -> String {
+    match name {
+        None => DATASET.to_string(),
+        Some(name) => format!("{DATASET_PREFIX}{name}"),
+    }
+}
+
+/// Whether an input name stands for a dataset (unnamed or named) rather than a stage.
+pub fn is_dataset_input(input: &str) -> bool {
+    input == DATASET || input.starts_with(DATASET_PREFIX)
+}
+
+/// The field serde names in backticks ("unknown field `rot`", "missing field `root`"), to locate it.
+fn serde_field(message: &str) -> Option<String> {
+    let rest = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))?;
+    rest.split('`').next().map(str::to_string)
+}
+
+/// Whether `name` may name a dataset: it becomes part of an input name (`dataset:NAME`) and of lock keys,
+/// so it is kept to what needs no quoting anywhere.
+fn valid_dataset_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+}
+
+/// The `dataset:` and `datasets:` sections as one map keyed by input name, every error located.
+fn datasets(
+    path: &Path,
+    source: &str,
+    base: &Path,
+    unnamed: Option<RawDataset>,
+    named: Option<serde_yaml::Mapping>,
+) -> Result<BTreeMap<String, DatasetConfig>, ConfigErrors> {
+    let loc = Locator { file: path, source };
+    let config = |name: Option<String>, raw: RawDataset| DatasetConfig {
+        name,
+        root: base.join(&raw.root),
+        root_as_written: raw.root,
+        synthetic: raw.synthetic,
+        follow_external_symlinks: raw.follow_external_symlinks,
+    };
+    let mut out = BTreeMap::new();
+    let mut errors = Vec::new();
+    match (unnamed, named) {
+        (Some(_), Some(_)) => errors.push(loc.key_error(
+            &["datasets"],
+            "both `dataset:` and `datasets:` are set; keep one: name the unnamed dataset under \
+             `datasets:` (stages then list it as `dataset:NAME`), or drop `datasets:`"
+                .to_string(),
+        )),
+        (None, None) => errors.push(ConfigError {
+            file: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: "missing field `dataset` (or `datasets`, a map of named datasets)".to_string(),
+        }),
+        (Some(raw), None) => {
+            out.insert(DATASET.to_string(), config(None, raw));
+        }
+        (None, Some(map)) => {
+            if map.is_empty() {
+                errors.push(loc.key_error(
+                    &["datasets"],
+                    "`datasets:` is empty; name at least one dataset".to_string(),
+                ));
+            }
+            for (key, value) in map {
+                let Some(name) = key.as_str().map(str::to_string) else {
+                    errors.push(loc.key_error(
+                        &["datasets"],
+                        format!("datasets: a dataset name must be a string, not {key:?}"),
+                    ));
+                    continue;
+                };
+                if !valid_dataset_name(&name) {
+                    errors.push(loc.key_error(
+                        &["datasets", &name],
+                        format!(
+                            "datasets: name `{name}` may only use letters, digits, `_` and `-`"
+                        ),
+                    ));
+                    continue;
+                }
+                match serde_yaml::from_value::<RawDataset>(value) {
+                    Ok(raw) => {
+                        let ds = config(Some(name), raw);
+                        out.insert(ds.input(), ds);
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        let message = text.split(" at line ").next().unwrap_or(&text);
+                        let field = serde_field(message);
+                        let mut at = vec!["datasets", name.as_str()];
+                        at.extend(field.as_deref());
+                        errors.push(
+                            loc.key_error(&at, format!("datasets.{name}: {message}")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +275,9 @@ pub struct StageConfig {
 pub struct Pipeline {
     pub path: PathBuf,
     pub source: String,
-    pub dataset: DatasetConfig,
+    /// Every dataset, keyed by the input name stages list it under: `dataset` for the unnamed one,
+    /// `dataset:NAME` for a named one (see [`dataset_input`]).
+    pub datasets: BTreeMap<String, DatasetConfig>,
     /// The global `exec:` block.
     pub exec: crate::exec::ExecConfig,
     pub stages: Vec<StageConfig>,
@@ -160,17 +311,12 @@ impl Pipeline {
             }])
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let root = base.join(&raw.dataset.root);
+        let datasets = datasets(path, &source, base, raw.dataset, raw.datasets)?;
         let global_exec = raw.exec.clone();
         Ok(Pipeline {
             exec: raw.exec,
             path: path.to_path_buf(),
-            dataset: DatasetConfig {
-                root_as_written: raw.dataset.root,
-                root,
-                synthetic: raw.dataset.synthetic,
-                follow_external_symlinks: raw.dataset.follow_external_symlinks,
-            },
+            datasets,
             stages: raw
                 .stages
                 .into_iter()
@@ -185,6 +331,33 @@ impl Pipeline {
                 .collect(),
             source,
         })
+    }
+
+    /// The unnamed dataset (the `dataset:` section), if the file has one.
+    pub fn dataset(&self) -> Option<&DatasetConfig> {
+        self.datasets.get(DATASET)
+    }
+
+    /// The dataset a stage input names (`dataset` or `dataset:NAME`), if it is one of this pipeline's.
+    pub fn dataset_for_input(&self, input: &str) -> Option<&DatasetConfig> {
+        self.datasets.get(input)
+    }
+
+    /// The folder files named by params are resolved against: the unnamed dataset's root, as always; a
+    /// pipeline with named datasets only has no such default, so its project folder (beside pipeline.yaml).
+    pub fn param_file_root(&self) -> PathBuf {
+        match self.dataset() {
+            Some(d) => d.root.clone(),
+            None => self.path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        }
+    }
+
+    /// How [`Pipeline::param_file_root`] is written in messages.
+    pub fn param_file_root_as_written(&self) -> String {
+        match self.dataset() {
+            Some(d) => format!("dataset root {}", d.root_as_written),
+            None => "folder of pipeline.yaml".to_string(),
+        }
     }
 
     pub fn locator(&self) -> Locator<'_> {
@@ -434,9 +607,35 @@ mod tests {
     #[test]
     fn parses_and_resolves_root_against_the_config_folder() {
         let p = Pipeline::parse(Path::new("/proj/pipeline.yaml"), YAML.into()).unwrap();
-        assert_eq!(p.dataset.root, PathBuf::from("/proj/data"));
+        assert_eq!(
+            p.dataset().map(|d| &d.root),
+            Some(&PathBuf::from("/proj/data"))
+        );
         assert_eq!(p.stages.len(), 2);
         assert_eq!(p.stages[1].inputs, vec!["a"]);
+    }
+
+    #[test]
+    fn the_unnamed_dataset_is_input_dataset_and_named_ones_dataset_colon_name() {
+        let p = Pipeline::parse(Path::new("/proj/pipeline.yaml"), YAML.into()).unwrap();
+        assert_eq!(p.datasets.keys().collect::<Vec<_>>(), ["dataset"]);
+        let named = YAML.replace(
+            "dataset:\n  root: data\n",
+            "datasets:\n  gtzan:\n    root: g\n  transfer: {root: t}\n",
+        );
+        let p = Pipeline::parse(Path::new("/proj/pipeline.yaml"), named).unwrap();
+        assert!(p.dataset().is_none());
+        let gtzan = p.dataset_for_input("dataset:gtzan").unwrap();
+        assert_eq!(gtzan.root, PathBuf::from("/proj/g"));
+        assert_eq!(gtzan.label(), "datasets.gtzan");
+        assert_eq!(p.datasets.len(), 2);
+        let neither = YAML.replace("dataset:\n  root: data\n", "");
+        let err = Pipeline::parse(Path::new("p.yaml"), neither).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("p.yaml:1:1: missing field `dataset`"),
+            "{err}"
+        );
     }
 
     #[test]

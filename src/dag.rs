@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::config::is_dataset_input;
 use crate::config::{ConfigError, ConfigErrors, Locator, Pipeline};
 use crate::family::{self, Expansion, Member};
 use crate::stage::{ParamError, StageKind, DATASET};
@@ -140,7 +141,22 @@ impl<'r> Dag<'r> {
             let inputs = expansion.resolve_inputs(&stage.inputs);
             let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for input in &stage.inputs {
-                if input != DATASET && !names.contains(input.as_str()) {
+                let datasets = pipeline.datasets.keys().map(String::as_str);
+                if is_dataset_input(input) && pipeline.dataset_for_input(input).is_none() {
+                    let declared: Vec<String> =
+                        pipeline.datasets.keys().map(|k| format!("`{k}`")).collect();
+                    errors.push(loc.error(
+                        entry,
+                        0,
+                        Some(input),
+                        format!(
+                            "stage `{entry}`: input `{input}` is not a dataset in this pipeline{}; \
+                             its datasets are listed as {}",
+                            suggestion(input, datasets),
+                            declared.join(", ")
+                        ),
+                    ));
+                } else if !is_dataset_input(input) && !names.contains(input.as_str()) {
                     errors.push(loc.error(
                         entry,
                         0,
@@ -148,7 +164,7 @@ impl<'r> Dag<'r> {
                         format!(
                             "stage `{}`: input `{input}` is not a stage in this pipeline{}",
                             entry,
-                            suggestion(input, names.iter().copied().chain([DATASET]))
+                            suggestion(input, names.iter().copied().chain(datasets))
                         ),
                     ));
                 }
@@ -201,7 +217,12 @@ impl<'r> Dag<'r> {
                         .collect();
                     producers.dedup();
                     let hint = if need.artifact == DATASET {
-                        format!("add `{DATASET}` to its inputs")
+                        let listed: Vec<String> =
+                            pipeline.datasets.keys().map(|k| format!("`{k}`")).collect();
+                        format!(
+                            "list one of its datasets among its inputs: {}",
+                            listed.join(", ")
+                        )
                     } else if producers.is_empty() {
                         "no stage in this pipeline produces it".to_string()
                     } else {
@@ -319,10 +340,14 @@ impl<'r> Dag<'r> {
         out
     }
 
-    pub fn uses_dataset(&self) -> bool {
+    /// The dataset inputs (`dataset`, `dataset:NAME`) some stage lists, sorted.
+    pub fn dataset_inputs(&self) -> BTreeSet<&str> {
         self.nodes
             .iter()
-            .any(|n| n.inputs.iter().any(|i| i == DATASET))
+            .flat_map(|n| n.inputs.iter())
+            .map(String::as_str)
+            .filter(|i| is_dataset_input(i))
+            .collect()
     }
 
     pub fn render(&self, format: DagFormat) -> String {
@@ -351,8 +376,8 @@ impl<'r> Dag<'r> {
             }
             DagFormat::Dot => {
                 out.push_str("digraph pipeline {\n  rankdir=LR;\n");
-                if self.uses_dataset() {
-                    out.push_str(&format!("  \"{DATASET}\" [shape=cylinder];\n"));
+                for dataset in self.dataset_inputs() {
+                    out.push_str(&format!("  \"{dataset}\" [shape=cylinder];\n"));
                 }
                 // Ids are quoted, so member names (`train[fold=0]`) are valid ids as they are.
                 let quoted = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
@@ -376,7 +401,9 @@ impl<'r> Dag<'r> {
                 // `t[x=1]` and `t_x_1_`) get a numeric suffix so no two nodes merge.
                 let mut ids: BTreeMap<&str, String> = BTreeMap::new();
                 let mut taken: BTreeSet<String> = BTreeSet::new();
-                let names = std::iter::once(DATASET)
+                let names = self
+                    .dataset_inputs()
+                    .into_iter()
                     .chain(self.order.iter().map(|&i| self.nodes[i].name.as_str()));
                 for name in names {
                     let base = name.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
@@ -390,8 +417,8 @@ impl<'r> Dag<'r> {
                     ids.insert(name, candidate);
                 }
                 let id = |s: &str| ids.get(s).cloned().unwrap_or_default();
-                if self.uses_dataset() {
-                    out.push_str(&format!("  {}[({DATASET})]\n", id(DATASET)));
+                for dataset in self.dataset_inputs() {
+                    out.push_str(&format!("  {}[({dataset})]\n", id(dataset)));
                 }
                 for &i in &self.order {
                     let n = &self.nodes[i];
@@ -481,7 +508,7 @@ fn provides(
     name: &str,
     artifact: &str,
 ) -> bool {
-    if name == DATASET {
+    if is_dataset_input(name) {
         return artifact == DATASET;
     }
     stages

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::config::DATASET_PREFIX;
 use crate::config::{ConfigError, Locator, Pipeline};
 use crate::stage::DATASET;
 
@@ -110,6 +111,18 @@ pub fn expand(pipeline: &Pipeline, errors: &mut Vec<ConfigError>) -> Expansion {
                 0,
                 None,
                 format!("`{DATASET}` is reserved for the raw dataset"),
+            ));
+            continue;
+        }
+        if stage.name.starts_with(DATASET_PREFIX) {
+            errors.push(loc.error(
+                &stage.name,
+                0,
+                None,
+                format!(
+                    "stage name `{}`: the prefix `{DATASET_PREFIX}` is reserved for named datasets",
+                    stage.name
+                ),
             ));
             continue;
         }

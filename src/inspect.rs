@@ -32,6 +32,9 @@ pub struct LineageNode {
 pub enum LineageInput {
     Stage(Box<LineageNode>),
     Dataset {
+        /// The dataset's name under `datasets:`; absent for the unnamed `dataset:`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         dataset: String,
         digest: Digest,
         files: usize,
@@ -56,6 +59,10 @@ fn node(project: &Project, stage: &str, manifest_digest: &str) -> Result<Lineage
     for input in &m.inputs {
         let child = match (&input.manifest, &input.dataset) {
             (_, Some(ds)) => LineageInput::Dataset {
+                name: input
+                    .stage
+                    .strip_prefix(crate::config::DATASET_PREFIX)
+                    .map(str::to_string),
                 dataset: ds.root.clone(),
                 digest: input.artifacts.values().next().cloned().unwrap_or_default(),
                 files: ds.files,
@@ -164,12 +171,14 @@ pub fn render_lineage(root: &LineageNode) -> String {
             match input {
                 LineageInput::Stage(child) => walk(child, depth + 1, seen, out),
                 LineageInput::Dataset {
+                    name,
                     dataset,
                     digest,
                     files,
                     bytes,
                 } => out.push_str(&format!(
-                    "{pad}  dataset {dataset} {} ({files} files, {:.1} MB)\n",
+                    "{pad}  dataset {}{dataset} {} ({files} files, {:.1} MB)\n",
+                    name.as_deref().map(|n| format!("{n} ")).unwrap_or_default(),
                     short(digest),
                     *bytes as f64 / 1e6
                 )),

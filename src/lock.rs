@@ -38,6 +38,10 @@ pub struct LockFile {
     pub version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetEntry>,
+    /// The named datasets (`datasets:` in pipeline.yaml), by name; absent when there are none, so a
+    /// pipeline with the unnamed `dataset:` alone keeps its lock bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub datasets: BTreeMap<String, DatasetEntry>,
     #[serde(default)]
     pub stages: BTreeMap<String, StageEntry>,
 }
@@ -80,6 +84,7 @@ impl Default for LockFile {
         LockFile {
             version: LOCK_VERSION,
             dataset: None,
+            datasets: BTreeMap::new(),
             stages: BTreeMap::new(),
         }
     }
@@ -111,10 +116,18 @@ impl LockFile {
         let mut out = Vec::new();
         for (stage, entry) in &self.stages {
             for (input, artifacts) in &entry.inputs {
-                let produced: Option<BTreeMap<String, Digest>> = if input == crate::stage::DATASET {
-                    self.dataset
-                        .as_ref()
-                        .map(|d| BTreeMap::from([(input.clone(), d.digest.clone())]))
+                let dataset = if input == crate::stage::DATASET {
+                    Some(self.dataset.as_ref())
+                } else {
+                    input
+                        .strip_prefix(crate::config::DATASET_PREFIX)
+                        .map(|name| self.datasets.get(name))
+                };
+                let produced: Option<BTreeMap<String, Digest>> = if let Some(dataset) = dataset {
+                    // A dataset provides one artifact, `dataset`, whatever its name.
+                    dataset.map(|d| {
+                        BTreeMap::from([(crate::stage::DATASET.to_string(), d.digest.clone())])
+                    })
                 } else {
                     self.stages.get(input).map(|e| e.outputs.clone())
                 };

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use genrelab::cli::{Cli, Command};
-use genrelab::config::{ConfigErrors, Pipeline};
+use genrelab::config::{ConfigErrors, DatasetConfig, Pipeline};
 use genrelab::dag::{unknown_field_hint, Dag};
 use genrelab::engine::{self, Project, RunOptions, State};
 use genrelab::hashing::short;
@@ -47,52 +47,63 @@ fn build<'r>(pipeline: &Pipeline, registry: &'r [Box<dyn StageKind>]) -> anyhow:
     Ok(Dag::build(pipeline, registry)?)
 }
 
-/// The typed `dataset.synthetic` section, if any, with errors pointed at the offending key.
-fn synth_params(pipeline: &Pipeline) -> Result<Option<SynthParams>, ConfigErrors> {
-    let Some(raw) = &pipeline.dataset.synthetic else {
-        return Ok(None);
-    };
-    SynthParams::from_yaml(raw).map(Some).map_err(|e| {
-        let section = ["dataset", "synthetic"];
-        let message = match &e.key {
-            Some(key) if e.message.starts_with(&format!("{key}:")) => {
-                format!("dataset.synthetic.{}", e.message)
+/// The typed `synthetic` section of every dataset that has one, with errors pointed at the offending key.
+fn synth_params(pipeline: &Pipeline) -> Result<Vec<(&DatasetConfig, SynthParams)>, ConfigErrors> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for dataset in pipeline.datasets.values() {
+        let Some(raw) = &dataset.synthetic else {
+            continue;
+        };
+        match SynthParams::from_yaml(raw) {
+            Ok(params) => out.push((dataset, params)),
+            Err(e) => {
+                let label = dataset.label();
+                let mut section = dataset.section();
+                section.push("synthetic");
+                let message = match &e.key {
+                    Some(key) if e.message.starts_with(&format!("{key}:")) => {
+                        format!("{label}.synthetic.{}", e.message)
+                    }
+                    _ => format!(
+                        "{label}.synthetic: {}{}",
+                        e.message,
+                        unknown_field_hint(&e.message)
+                    ),
+                };
+                if let Some(key) = &e.key {
+                    section.push(key);
+                }
+                errors.push(pipeline.locator().key_error(&section, message));
             }
-            _ => format!(
-                "dataset.synthetic: {}{}",
-                e.message,
-                unknown_field_hint(&e.message)
-            ),
-        };
-        let at = match &e.key {
-            Some(key) => pipeline
-                .locator()
-                .key_error(&[section[0], section[1], key], message),
-            None => pipeline.locator().key_error(&section, message),
-        };
-        ConfigErrors(vec![at])
-    })
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
-/// Generate the synthetic corpus when pipeline.yaml asks for one and it is not there yet.
+/// Generate the synthetic corpora pipeline.yaml asks for that are not there yet.
 fn prepare_dataset(pipeline: &Pipeline) -> anyhow::Result<()> {
-    let Some(params) = synth_params(pipeline)? else {
-        return Ok(());
-    };
-    let root = &pipeline.dataset.root;
-    let outcome = stages::synth::ensure_corpus_with(&params, root, || {
-        eprintln!(
-            "dataset: waiting for another genrelab process generating the synthetic corpus in {}",
-            root.display()
-        )
-    })
-    .with_context(|| format!("preparing the synthetic corpus in {}", root.display()))?;
-    if outcome.generated {
-        println!(
-            "dataset: generated the synthetic corpus ({}) in {}",
-            plural(outcome.tracks, "track"),
-            root.display()
-        );
+    for (dataset, params) in synth_params(pipeline)? {
+        let root = &dataset.root;
+        let label = dataset.label();
+        let outcome = stages::synth::ensure_corpus_with(&params, root, || {
+            eprintln!(
+                "{label}: waiting for another genrelab process generating the synthetic corpus in {}",
+                root.display()
+            )
+        })
+        .with_context(|| format!("preparing the synthetic corpus in {}", root.display()))?;
+        if outcome.generated {
+            println!(
+                "{label}: generated the synthetic corpus ({}) in {}",
+                plural(outcome.tracks, "track"),
+                root.display()
+            );
+        }
     }
     Ok(())
 }
@@ -122,11 +133,15 @@ fn status(
             .ok_or_else(|| engine::unknown_stage(&dag, name))?;
         shown.extend(selected.into_iter().map(|i| dag.nodes[i].name.clone()));
     }
-    let synthetic = synth_params(&pipeline)?.is_some();
+    // A synthetic corpus not generated yet has no digest, so no key can be computed: every stage waits
+    // for it (named after the first such corpus).
+    let not_generated: Vec<&DatasetConfig> = synth_params(&pipeline)?
+        .into_iter()
+        .map(|(dataset, _)| dataset)
+        .filter(|d| !d.root.exists())
+        .collect();
     let project = Project::open(config)?;
-    let not_generated = synthetic && !pipeline.dataset.root.exists();
-    let statuses = if not_generated {
-        // No dataset digest, so no key: every stage waits for the corpus.
+    let statuses = if let Some(missing) = not_generated.first() {
         dag.order
             .iter()
             .map(|&i| engine::StageStatus {
@@ -135,7 +150,7 @@ fn status(
                 state: State::Stale,
                 key: None,
                 reasons: vec![StaleReason::DatasetNotGenerated {
-                    root: pipeline.dataset.root.display().to_string(),
+                    root: missing.root.display().to_string(),
                 }],
                 summary: Vec::new(),
             })
@@ -163,14 +178,29 @@ fn status(
                 })
             })
             .collect();
-        let value = serde_json::json!({
+        let state = |d: &DatasetConfig| {
+            let missing = not_generated.iter().any(|m| m.input() == d.input());
+            serde_json::json!({
+                "root": d.root_as_written,
+                "state": if missing { "not_generated" } else { "ready" },
+            })
+        };
+        let mut value = serde_json::json!({
             "state": if stale { "stale" } else { "up_to_date" },
-            "dataset": {
-                "root": pipeline.dataset.root_as_written,
-                "state": if not_generated { "not_generated" } else { "ready" },
-            },
-            "stages": rows,
         });
+        // The unnamed dataset keeps its `dataset` object; named ones are under `datasets`, by name.
+        if let Some(d) = pipeline.dataset() {
+            value["dataset"] = state(d);
+        }
+        let named: serde_json::Map<String, serde_json::Value> = pipeline
+            .datasets
+            .values()
+            .filter_map(|d| Some((d.name.clone()?, state(d))))
+            .collect();
+        if !named.is_empty() {
+            value["datasets"] = named.into();
+        }
+        value["stages"] = serde_json::Value::Array(rows);
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         let width = statuses.iter().map(|s| s.name.len()).max().unwrap_or(0);
@@ -279,14 +309,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Kinds | Command::Status { .. } => unreachable!("handled above"),
         Command::Synth => {
-            if pipeline.dataset.synthetic.is_none() {
+            let synthetic = synth_params(&pipeline)?;
+            if synthetic.is_empty() {
                 bail!(
                     "{}: dataset.synthetic is not set, so there is no corpus to generate",
                     cli.config.display()
                 );
             }
             prepare_dataset(&pipeline)?;
-            println!("dataset: {} is ready", pipeline.dataset.root.display());
+            for (dataset, _) in synthetic {
+                println!("{}: {} is ready", dataset.label(), dataset.root.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dag { format } => {

@@ -4,13 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::config::is_dataset_input;
 use crate::dag::Dag;
 use crate::hashing::{self, short, ENGINE_VERSION};
 use crate::lock::StageEntry;
 use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo, ParamFileInfo};
-use crate::stage::{
-    is_folder_output, output_name, DatasetView, Determinism, InputArtifact, StageContext, DATASET,
-};
+use crate::stage::{is_folder_output, output_name, Determinism, InputArtifact, StageContext};
 use crate::store::{ActionCache, ActionRecord, BlobStore, Lookup, ObjectState, StoreError};
 
 use super::plan::*;
@@ -77,8 +76,7 @@ pub(super) fn execute(
     dag: &Dag,
     job: &Job,
     upstream: BTreeMap<String, ActionRecord>,
-    dataset: Option<&DatasetView>,
-    dataset_root: &str,
+    datasets: &BTreeMap<String, HashedDataset>,
     jobs: usize,
     multi: &indicatif::MultiProgress,
     options: &RunOptions,
@@ -116,7 +114,7 @@ pub(super) fn execute(
     let mut inputs: BTreeMap<String, Vec<InputArtifact>> = BTreeMap::new();
     for (artifact, providers) in &node.sources {
         for provider in providers {
-            if provider == DATASET {
+            if is_dataset_input(provider) {
                 continue;
             }
             let digest = upstream
@@ -188,7 +186,19 @@ pub(super) fn execute(
             },
         );
     }
-    let wants_dataset = node.inputs.iter().any(|i| i == DATASET);
+    // The one dataset this stage lists, unnamed or named, is what `ctx.dataset()` returns. Every kind takes
+    // at most one (`Need::one`), which the DAG checks; a kind reading several would need the stage contract
+    // to hand them over by name.
+    let mut listed = node.inputs.iter().filter_map(|i| datasets.get(i));
+    let dataset = match (listed.next(), listed.next()) {
+        (_, Some(_)) => {
+            return Err(Stop::from(format!(
+                "stage `{}` lists several datasets, and a stage reads one",
+                node.name
+            )))
+        }
+        (one, None) => one.map(|d| d.view.clone()),
+    };
     let outputs: Vec<&'static str> = node.kind.outputs().to_vec();
     for declared in outputs.iter().filter(|o| is_folder_output(o)) {
         let dir = lock.scratch.join(output_name(declared));
@@ -206,11 +216,7 @@ pub(super) fn execute(
         planned.seed,
         jobs,
         inputs,
-        if wants_dataset {
-            dataset.cloned()
-        } else {
-            None
-        },
+        dataset,
         lock.scratch.clone(),
         outputs.clone(),
     )
@@ -288,12 +294,10 @@ pub(super) fn execute(
                 stage: input.clone(),
                 manifest: upstream.get(input).map(|r| r.manifest.clone()),
                 artifacts,
-                dataset: (input == DATASET).then(|| DatasetInfo {
-                    root: dataset_root.to_string(),
-                    files: dataset.map(|d| d.files.len()).unwrap_or(0),
-                    bytes: dataset
-                        .map(|d| d.files.iter().map(|f| f.size).sum())
-                        .unwrap_or(0),
+                dataset: datasets.get(input).map(|d| DatasetInfo {
+                    root: d.root_as_written.clone(),
+                    files: d.view.files.len(),
+                    bytes: d.view.files.iter().map(|f| f.size).sum(),
                 }),
             }
         })

@@ -18,6 +18,7 @@ mod schedule;
 pub use plan::{resolve_param_files, status, ResolvedFile, StageStatus, State};
 pub use schedule::{run, unknown_stage, Outcome, RunOptions, StageResult};
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::config::ConfigErrors;
@@ -147,26 +148,66 @@ impl Project {
         self.store.root().join("statcache.json")
     }
 
-    /// Hash the dataset folder (stat cache first), keeping the cache for next time.
-    pub fn hash_dataset(
+    /// Hash the datasets behind `inputs` (`dataset`, `dataset:NAME`; others are skipped), one stat cache
+    /// for all, kept for next time. Keyed by input name.
+    pub fn hash_datasets<'a>(
         &self,
-        dataset: &crate::config::DatasetConfig,
-    ) -> Result<DatasetView, EngineError> {
+        pipeline: &crate::config::Pipeline,
+        inputs: impl IntoIterator<Item = &'a str>,
+    ) -> Result<BTreeMap<String, HashedDataset>, EngineError> {
         let path = self.stat_cache_path();
         let mut cache = StatCache::load(&path);
-        let (view, stats) =
-            hash_dataset(&dataset.root, &mut cache, dataset.follow_external_symlinks)?;
-        if stats.rehashed > 0 {
+        let mut rehashed = 0;
+        let mut out = BTreeMap::new();
+        for input in inputs {
+            let Some(config) = pipeline.dataset_for_input(input) else {
+                continue;
+            };
+            let (view, stats) =
+                hash_dataset(&config.root, &mut cache, config.follow_external_symlinks)?;
+            rehashed += stats.rehashed;
+            tracing::info!(
+                dataset = input,
+                files = stats.files,
+                unlisted = view.unlisted.len(),
+                rehashed = stats.rehashed,
+                bytes = stats.bytes_rehashed,
+                "dataset hashed"
+            );
+            out.insert(
+                input.to_string(),
+                HashedDataset {
+                    view,
+                    name: config.name.clone(),
+                    root_as_written: config.root_as_written.clone(),
+                },
+            );
+        }
+        if rehashed > 0 {
             cache.save(&path)?;
         }
-        tracing::info!(
-            files = stats.files,
-            unlisted = view.unlisted.len(),
-            rehashed = stats.rehashed,
-            bytes = stats.bytes_rehashed,
-            "dataset hashed"
-        );
-        Ok(view)
+        Ok(out)
+    }
+}
+
+/// One dataset as hashed for a plan: its view and how pipeline.yaml names it.
+#[derive(Debug, Clone)]
+pub struct HashedDataset {
+    pub view: DatasetView,
+    /// `None` for the unnamed `dataset:`.
+    pub name: Option<String>,
+    pub root_as_written: String,
+}
+
+impl HashedDataset {
+    /// Its lock entry: what it is, by digest and size.
+    pub fn lock_entry(&self) -> crate::lock::DatasetEntry {
+        crate::lock::DatasetEntry {
+            root: self.root_as_written.clone(),
+            digest: self.view.digest.clone(),
+            files: self.view.files.len(),
+            bytes: self.view.files.iter().map(|f| f.size).sum(),
+        }
     }
 }
 

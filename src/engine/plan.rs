@@ -37,10 +37,11 @@ pub fn resolve_param_files(
     dag: &Dag,
 ) -> Result<Vec<Vec<ResolvedFile>>, EngineError> {
     let canonical = |p: &Path| std::fs::canonicalize(p).ok();
-    let allowed: Vec<PathBuf> = [canonical(&project.dir), canonical(&pipeline.dataset.root)]
-        .into_iter()
+    let allowed: Vec<PathBuf> = std::iter::once(canonical(&project.dir))
+        .chain(pipeline.datasets.values().map(|d| canonical(&d.root)))
         .flatten()
         .collect();
+    let base = pipeline.param_file_root();
     let mut errors = Vec::new();
     let mut all = Vec::with_capacity(dag.nodes.len());
     for node in &dag.nodes {
@@ -55,12 +56,12 @@ pub fn resolve_param_files(
                     format!("stage `{}`: params.{}: {why}", node.name, declared.param),
                 ))
             };
-            let joined = pipeline.dataset.root.join(&declared.path);
+            let joined = base.join(&declared.path);
             let Some(real) = canonical(&joined) else {
                 fail(format!(
-                    "{} does not exist (paths are relative to the dataset root {})",
+                    "{} does not exist (paths are relative to the {})",
                     joined.display(),
-                    pipeline.dataset.root_as_written
+                    pipeline.param_file_root_as_written()
                 ));
                 continue;
             };
@@ -250,6 +251,12 @@ pub(super) fn reasons_against_lock(
     }
 }
 
+/// A dataset as an upstream: one artifact, `dataset`, its digest (the same for named datasets, whose
+/// input name tells them apart in keys).
+pub(super) fn dataset_outputs(view: &crate::stage::DatasetView) -> BTreeMap<String, Digest> {
+    BTreeMap::from([(DATASET.to_string(), view.digest.clone())])
+}
+
 pub(super) fn load_manifest(blobs: &dyn BlobStore, digest: &str) -> Option<Manifest> {
     blobs
         .read(digest)
@@ -266,12 +273,8 @@ pub fn status(
     let lock = LockFile::load(&project.lock_path)?;
     let files = resolve_param_files(project, pipeline, dag)?;
     let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
-    if dag.uses_dataset() {
-        let view = project.hash_dataset(&pipeline.dataset)?;
-        upstream.insert(
-            DATASET.into(),
-            BTreeMap::from([(DATASET.to_string(), view.digest)]),
-        );
+    for (input, hashed) in project.hash_datasets(pipeline, dag.dataset_inputs())? {
+        upstream.insert(input, dataset_outputs(&hashed.view));
     }
     let mut out = Vec::new();
     for &idx in &dag.order {

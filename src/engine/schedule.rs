@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
 
+use crate::config::is_dataset_input;
 use crate::config::Pipeline;
 use crate::dag::Dag;
 use crate::hashing::{short, Digest};
-use crate::lock::{DatasetEntry, LockFile};
+use crate::lock::LockFile;
 use crate::reason::StaleReason;
-use crate::stage::DATASET;
 use crate::store::{ActionRecord, Lookup};
 
 use super::execute::{execute, finish, set_aside};
@@ -150,26 +150,28 @@ pub fn run(
     for name in &options.force {
         forced_stages.extend(dag.select(name).ok_or_else(|| unknown_stage(dag, name))?);
     }
-    let dataset = if selected
-        .iter()
-        .any(|&i| dag.nodes[i].inputs.iter().any(|x| x == DATASET))
-    {
-        Some(project.hash_dataset(&pipeline.dataset)?)
-    } else {
-        None
-    };
-    // Reasons are told against the lock as it was before this run touched it: recording the new dataset
-    // drops the entries computed from the old one.
+    let datasets = project.hash_datasets(
+        pipeline,
+        selected
+            .iter()
+            .flat_map(|&i| dag.nodes[i].inputs.iter())
+            .map(String::as_str)
+            .filter(|i| is_dataset_input(i)),
+    )?;
+    // Reasons are told against the lock as it was before this run touched it: recording the new datasets
+    // drops the entries computed from the old ones.
     let lock = LockFile::load(&project.lock_path)?;
-    if let Some(view) = &dataset {
-        let bytes = view.files.iter().map(|f| f.size).sum();
-        let entry = DatasetEntry {
-            root: pipeline.dataset.root_as_written.clone(),
-            digest: view.digest.clone(),
-            files: view.files.len(),
-            bytes,
-        };
-        project.update_lock(|lock| lock.dataset = Some(entry))?;
+    if !datasets.is_empty() {
+        project.update_lock(|lock| {
+            for hashed in datasets.values() {
+                match &hashed.name {
+                    None => lock.dataset = Some(hashed.lock_entry()),
+                    Some(name) => {
+                        lock.datasets.insert(name.clone(), hashed.lock_entry());
+                    }
+                }
+            }
+        })?;
     }
     let multi = indicatif::MultiProgress::new();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -231,11 +233,8 @@ pub fn run(
                             _ => None,
                         })
                         .collect();
-                    if let Some(view) = &dataset {
-                        upstream.insert(
-                            DATASET.into(),
-                            BTreeMap::from([(DATASET.to_string(), view.digest.clone())]),
-                        );
+                    for (input, hashed) in &datasets {
+                        upstream.insert(input.clone(), dataset_outputs(&hashed.view));
                     }
                     let Some(planned) = plan_stage(dag, idx, &upstream, &files[idx]) else {
                         continue;
@@ -292,8 +291,7 @@ pub fn run(
                     let tx = tx.clone();
                     let (multi, pool, upstream_records) =
                         (&multi, &pool, collect_records(&slots, dag, idx));
-                    let dataset = dataset.as_ref();
-                    let dataset_root = pipeline.dataset.root_as_written.as_str();
+                    let datasets = &datasets;
                     scope.spawn(move || {
                         // A panic in a stage is that stage's failure: caught here, or the scheduler would
                         // wait forever for a report that never comes.
@@ -304,8 +302,7 @@ pub fn run(
                                     dag,
                                     &job,
                                     upstream_records,
-                                    dataset,
-                                    dataset_root,
+                                    datasets,
                                     jobs,
                                     multi,
                                     options,
