@@ -15,16 +15,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::hashing::{canonical_json, digest_bytes, digest_file};
+use crate::hashing::{canonical_json, digest_bytes, digest_file, stat_key, RACY_WINDOW};
 use crate::stage::{DatasetView, RawFile, UnlistedEntry, UnlistedReason};
 use crate::store::write_atomic;
-
-const RACY_WINDOW: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RawInputError {
@@ -79,17 +77,6 @@ impl StatCache {
             }
         })
     }
-}
-
-fn stat_key(meta: &fs::Metadata) -> (u64, i128, i128, u64) {
-    use std::os::unix::fs::MetadataExt;
-    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-    (
-        meta.len(),
-        ns(meta.mtime(), meta.mtime_nsec()),
-        ns(meta.ctime(), meta.ctime_nsec()),
-        meta.ino(),
-    )
 }
 
 /// Everything found under the dataset root: regular files to hash (relative path, path to open) and every
@@ -468,7 +455,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("x");
         fs::write(&file, b"data").unwrap();
-        let old = SystemTime::now() - Duration::from_secs(60);
+        let old = SystemTime::now() - std::time::Duration::from_secs(60);
         fs::File::options()
             .write(true)
             .open(&file)
