@@ -65,9 +65,15 @@ impl Run {
 /// Poll `done` until it holds; panic naming `what` at `deadline`. Background children are killed by their
 /// own guards as the panic unwinds.
 pub fn wait_for(what: &str, deadline: Instant, mut done: impl FnMut() -> bool) {
+    poll_until(what, deadline, || done().then_some(()))
+}
+
+/// Polls `ready` until it gives a value; panics naming `what` past `deadline`. Every wait of these tests goes
+/// through here, so none waits for time to pass instead of for its event.
+pub fn poll_until<T>(what: &str, deadline: Instant, mut ready: impl FnMut() -> Option<T>) -> T {
     loop {
-        if done() {
-            return;
+        if let Some(value) = ready() {
+            return value;
         }
         if Instant::now() > deadline {
             panic!("timed out waiting for {what}");
@@ -627,18 +633,8 @@ pub fn assert_same_lock(actual: &str, expected: &str, context: &str) {
 
 /// Polls `ready` until it returns `Some`, failing the test (naming `what`) if that takes longer than a generous
 /// deadline: a hang fails instead of blocking the suite, and nothing depends on how long a step takes.
-pub fn wait_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    loop {
-        if let Some(value) = ready() {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gave up waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+pub fn wait_until<T>(what: &str, ready: impl FnMut() -> Option<T>) -> T {
+    poll_until(what, Instant::now() + COMMAND_LIMIT, ready)
 }
 
 /// Waits (within a generous deadline, killing it past that) for a spawned command whose stdout and stderr
