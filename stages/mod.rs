@@ -10,6 +10,7 @@ pub mod scaler;
 pub mod slice;
 pub mod split;
 pub mod synth;
+pub mod train;
 #[cfg(feature = "toy-stages")]
 pub mod toy;
 

@@ -1,0 +1,3 @@
+//! Layers with Keras semantics and the kernels under them, each checked against finite differences.
+
+pub mod conv;
