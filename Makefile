@@ -14,11 +14,11 @@ reproduce: build
 
 ## Format check, lints, unit and end-to-end tests (the engine's toy stages are compiled in for the tests).
 test: lint
-	$(CARGO) test --features toy-stages
+	$(CARGO) test --workspace --features toy-stages
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets --features toy-stages -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --features toy-stages -- -D warnings
 
 ## Reproduce the default pipeline and fail if any digest differs from the committed pipeline.lock (CI runs it).
 check-lock: reproduce

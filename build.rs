@@ -16,7 +16,7 @@ fn main() {
     let stages = root.join("stages");
     println!("cargo:rerun-if-changed=stages");
     println!("cargo:rerun-if-changed=src/code_digest.rs");
-    println!("cargo:rerun-if-changed=src/stage.rs");
+    println!("cargo:rerun-if-changed=contract/src");
     println!("cargo:rerun-if-changed=Cargo.lock");
     // A missing Cargo.lock (a library build) only means no crate versions enter the fingerprints.
     let cargo_lock = fs::read_to_string(root.join("Cargo.lock")).unwrap_or_default();
@@ -44,10 +44,15 @@ fn main() {
         table.push_str(&format!("    ({dir:?}, {digest:?}),\n"));
     }
     table.push_str("];\n");
-    let contract = fs::read(root.join("src/stage.rs")).expect("src/stage.rs is readable");
+    let contract_src = root.join("contract").join("src");
+    for (_, path) in code_digest::source_files(&contract_src) {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let contract = code_digest::folder_fingerprint(&contract_src, &cargo_lock)
+        .expect("contract sources are readable");
     table.push_str(&format!(
-        "/// blake3 of src/stage.rs, the contract every stage kind runs under (its helpers shape outputs too).\npub const CONTRACT_DIGEST: &str = {:?};\n",
-        blake3::hash(&contract).to_hex().to_string()
+        "/// Digest of the contract crate's sources (`contract/src`): every stage kind runs under it, and its helpers shape outputs too.\npub const CONTRACT_DIGEST: &str = {:?};\n",
+        contract
     ));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("stage_sources.rs");

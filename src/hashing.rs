@@ -249,8 +249,11 @@ mod tests {
                 "stages/{dir}"
             );
         }
-        let contract = std::fs::read(root.join("src/stage.rs")).unwrap();
-        assert_eq!(crate::code::CONTRACT_DIGEST, digest_bytes(&contract));
+        assert_eq!(
+            crate::code::CONTRACT_DIGEST,
+            crate::code_digest::folder_fingerprint(&root.join("contract/src"), &cargo_lock)
+                .unwrap()
+        );
         assert!(code_dirs(&["split"])["split"].len() == 64);
     }
 

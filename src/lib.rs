@@ -1,12 +1,13 @@
-//! genrelab: a DAG engine of content-hashed stages (this crate's `src/`) and the science it runs (`stages/`).
+//! genrelab: a DAG engine of content-hashed stages (this crate's `src/`) and the science it runs (the
+//! `genrelab-stages` crate in `stages/`).
 //!
 //! The engine never knows what a mel spectrogram is; a stage never knows where artifacts live. They meet in
-//! [`stage`]: the engine calls a [`stage::StageKind`] with a [`stage::StageContext`].
+//! the `genrelab-contract` crate (`contract/`), re-exported here as [`stage`]: the engine calls a
+//! [`stage::StageKind`] with a [`stage::StageContext`]. The stages crate depends on the contract alone, so
+//! the compiler, not a convention, keeps stage code away from the store, the lock and the CLI.
 
-pub mod stage;
-
-#[path = "../stages/mod.rs"]
-pub mod stages;
+pub use genrelab_contract as stage;
+pub use genrelab_stages as stages;
 
 /// Build-time digests of each `stages/` folder's sources.
 pub mod code {

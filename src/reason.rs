@@ -102,7 +102,7 @@ impl fmt::Display for StaleReason {
                 if dir == crate::hashing::CONTRACT {
                     write!(
                         f,
-                        "the stage contract (src/stage.rs) changed {} → {}",
+                        "the stage contract (contract/src/lib.rs) changed {} → {}",
                         show(old),
                         show(new)
                     )

@@ -10,11 +10,11 @@ pub mod scaler;
 pub mod slice;
 pub mod split;
 pub mod synth;
-pub mod train;
 #[cfg(feature = "toy-stages")]
 pub mod toy;
+pub mod train;
 
-use crate::stage::StageKind;
+use genrelab_contract::StageKind;
 
 /// Every stage kind this build knows, by kind name.
 pub fn registry() -> Vec<Box<dyn StageKind>> {

@@ -120,3 +120,66 @@ fn fixing_the_params_lets_the_pipeline_plan() {
     assert_eq!(out.code, 0, "{}", out.all());
     assert!(out.stdout.contains("features (features)"), "{}", out.all());
 }
+#[test]
+fn ill_typed_enum_params_name_the_param_and_list_the_valid_values() {
+    let registry = genrelab::stages::registry();
+    let kind = |name: &str| {
+        registry
+            .iter()
+            .find(|k| k.kind() == name)
+            .expect("registered kind")
+    };
+    let message = |name: &str, yaml: &str| {
+        let raw: serde_yaml::Value = serde_yaml::from_str(yaml).expect("yaml");
+        kind(name)
+            .canonical_params(&raw)
+            .expect_err("ill-typed")
+            .message
+    };
+    assert_eq!(
+        message("scaler", "mode: [a]"),
+        "mode: expected `cell` or `band`, got a list `[a]`"
+    );
+    assert_eq!(
+        message("scaler", "mode: {a: 1}"),
+        "mode: expected `cell` or `band`, got a mapping `{a: 1}`"
+    );
+    assert_eq!(
+        message("features", "ref: !foo 1"),
+        "ref: must be `max` or a positive number, got a tagged value `!foo 1`"
+    );
+    assert_eq!(
+        message("features", "pad_mode: [x, 2]"),
+        "pad_mode: expected `constant` or `reflect`, got a list `[x, 2]`"
+    );
+}
+
+#[test]
+fn every_kind_accepts_its_defaults_and_reports_every_problem_of_bad_params() {
+    let registry = genrelab::stages::registry();
+    for kind in &registry {
+        let defaults = kind
+            .canonical_params(&serde_yaml::Value::Null)
+            .expect("defaults deserialize");
+        assert_eq!(kind.validate_params(&defaults), [], "{}", kind.kind());
+    }
+    let slice = registry
+        .iter()
+        .find(|k| k.kind() == "slice")
+        .expect("registered kind");
+    let raw: serde_yaml::Value =
+        serde_yaml::from_str("segments_per_track: 0\nsegment_samples: 0").expect("yaml");
+    let params = slice.canonical_params(&raw).expect("well-typed");
+    let problems: Vec<String> = slice
+        .validate_params(&params)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "segments_per_track: 0 is outside the limit 1..=65536",
+            "segment_samples: 0 is outside the limit 1..=134217728 (the longest track decoding accepts)",
+        ]
+    );
+}

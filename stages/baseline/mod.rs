@@ -20,12 +20,12 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{
+use crate::common::scaled_reader::ScaledFeatures;
+use crate::common::tables::SegmentTable;
+use genrelab_contract::{
     read_json, write_canonical_json, Determinism, Need, StageContext, StageError, StageKind,
     StageReport, TypedStage,
 };
-use crate::stages::common::scaled_reader::ScaledFeatures;
-use crate::stages::common::tables::SegmentTable;
 
 #[cfg(test)]
 mod tests;
@@ -54,7 +54,7 @@ pub struct Params {
     pub method: Method,
 }
 
-impl crate::stage::StageParams for Params {}
+impl genrelab_contract::StageParams for Params {}
 
 /// The `baseline` artifact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,9 +11,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
-use crate::stage::{local_inputs, StageContext};
-use crate::stages::common::tables::{Segment, SPLITS};
-use crate::stages::common::tensors::{Dtype, TensorSpec, TensorWriter};
+use crate::common::tables::{Segment, SPLITS};
+use crate::common::tensors::{Dtype, TensorSpec, TensorWriter};
+use genrelab_contract::{local_inputs, StageContext};
 
 /// One segment to write: split, track, label and its `n_mels x frames` values (mel-major).
 struct Seg {

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::split_tensors::{open_split, SplitTensor};
 use super::tables::SegmentTable;
 use super::tensors::{Dtype, Tensor, TensorFile};
-use crate::stage::StageError;
+use genrelab_contract::StageError;
 
 /// Rows decoded and scaled at once: enough to keep workers busy, 4 MiB of f32 at 128 x 128.
 pub const BATCH_ROWS: usize = 64;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::tables::SegmentTable;
 use super::tensors::{Dtype, Tensor, TensorFile};
-use crate::stage::StageError;
+use genrelab_contract::StageError;
 
 /// One split's values and labels; rows follow the segment table's order for that split.
 pub struct SplitTensor<'a> {

@@ -21,7 +21,7 @@ use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
 use super::{PadMode, Params, Reference};
-use crate::stage::StageParams;
+use genrelab_contract::StageParams;
 
 /// Why a mel front end could not be built or run.
 #[derive(Debug, thiserror::Error)]

@@ -21,13 +21,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{
+use crate::audio;
+use crate::common::tables::{Segment, SegmentTable, Track, TrackTable, SPLITS};
+use crate::common::tensors::{Dtype, TensorSpec, TensorWriter};
+use genrelab_contract::{
     read_json, Determinism, Need, ParamProblem, StageContext, StageError, StageKind, StageParams,
     StageReport, TypedStage,
 };
-use crate::stages::audio;
-use crate::stages::common::tables::{Segment, SegmentTable, Track, TrackTable, SPLITS};
-use crate::stages::common::tensors::{Dtype, TensorSpec, TensorWriter};
 
 pub use mel::{MelError, MelExtractor};
 
@@ -395,7 +395,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
 /// Decode one track, check it is the audio ingest saw, and compute its segments' log-mels in order.
 fn track_features(
     job: &TrackJob,
-    dataset: &crate::stage::DatasetView,
+    dataset: &genrelab_contract::DatasetView,
     tracks: &TrackTable,
     segment_samples: usize,
     extractor: &MelExtractor,

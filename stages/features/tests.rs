@@ -5,9 +5,9 @@ use std::path::Path;
 
 use super::mel::{hann_periodic, hz_to_mel, mel_frequencies, mel_to_hz};
 use super::*;
-use crate::stage::{local_inputs, write_canonical_json, DatasetView};
-use crate::stages::common::tables::{Segment, SegmentTable, Track, TrackTable};
-use crate::stages::common::tensors::TensorFile;
+use crate::common::tables::{Segment, SegmentTable, Track, TrackTable};
+use crate::common::tensors::TensorFile;
+use genrelab_contract::{local_inputs, write_canonical_json, DatasetView};
 
 const SR: u32 = 22050;
 const N: usize = 66150;

@@ -12,8 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::stage::RawFile;
-use crate::stages::common::tables::QuarantinedFile;
+use crate::common::tables::QuarantinedFile;
+use genrelab_contract::RawFile;
 
 /// How the class tree was recognised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,13 +33,13 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{
+use crate::audio;
+use crate::common::count;
+use crate::common::tables::{Quarantine, QuarantinedFile, Track, TrackTable};
+use genrelab_contract::{
     write_canonical_json, Determinism, Need, ParamProblem, StageContext, StageError, StageKind,
     StageParams, StageReport, TypedStage, UnlistedEntry, UnlistedReason, DATASET,
 };
-use crate::stages::audio;
-use crate::stages::common::count;
-use crate::stages::common::tables::{Quarantine, QuarantinedFile, Track, TrackTable};
 
 pub use layout::{extension, plan, Candidate, LayoutKind, Plan, SkipKind, Skipped};
 
@@ -232,8 +232,7 @@ pub struct Unlisted {
 /// The quarantine reason of an unlisted entry. The synthetic generator's own marker is named as such: it is
 /// expected in every generated corpus, and "hidden file" would send a user looking for a problem.
 fn unlisted_reason(entry: &UnlistedEntry) -> String {
-    if entry.rel_path == crate::stages::synth::MARKER && entry.reason == UnlistedReason::HiddenFile
-    {
+    if entry.rel_path == crate::synth::MARKER && entry.reason == UnlistedReason::HiddenFile {
         "the synthetic generator's marker, not audio".into()
     } else {
         entry.reason.to_string()

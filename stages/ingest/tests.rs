@@ -4,20 +4,21 @@
 
 use std::collections::BTreeMap;
 use std::f64::consts::PI;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::*;
-use crate::stage::{read_json, DatasetView, RawFile, UnlistedEntry, UnlistedReason};
+use genrelab_contract::{read_json, DatasetView, RawFile, UnlistedEntry, UnlistedReason};
 
-fn wav_bytes(dir: &Path, rate: u32, channels: u16, freq: f64, frames: usize) -> Vec<u8> {
-    let tmp = dir.join(".scratch.wav");
+/// A 16-bit PCM WAV, written in memory: a scratch file in a shared folder would race parallel test runs.
+fn wav_bytes(rate: u32, channels: u16, freq: f64, frames: usize) -> Vec<u8> {
     let spec = hound::WavSpec {
         channels,
         sample_rate: rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let mut w = hound::WavWriter::create(&tmp, spec).unwrap();
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    let mut w = hound::WavWriter::new(&mut bytes, spec).unwrap();
     for i in 0..frames {
         let v =
             (0.3 * (2.0 * PI * freq * i as f64 / f64::from(rate)).sin() * 32767.0).round() as i16;
@@ -26,9 +27,7 @@ fn wav_bytes(dir: &Path, rate: u32, channels: u16, freq: f64, frames: usize) -> 
         }
     }
     w.finalize().unwrap();
-    let bytes = std::fs::read(&tmp).unwrap();
-    std::fs::remove_file(&tmp).unwrap();
-    bytes
+    bytes.into_inner()
 }
 
 fn au_bytes(values: &[i16]) -> Vec<u8> {
@@ -69,7 +68,7 @@ impl Corpus {
     }
 
     fn wav(&mut self, rel: &str, freq: f64) {
-        let bytes = wav_bytes(&self.root, 22050, 1, freq, 2205);
+        let bytes = wav_bytes(22050, 1, freq, 2205);
         self.add(rel, bytes);
     }
 
@@ -164,11 +163,11 @@ fn kaggle_corpus() -> Corpus {
             .collect(),
     );
     // A WAV cut short: its header still opens.
-    let mut cut = wav_bytes(&c.root, 22050, 1, 500.0, 2205);
+    let mut cut = wav_bytes(22050, 1, 500.0, 2205);
     cut.truncate(cut.len() - 1000);
     c.add("Data/genres_original/rock/rock.00002.wav", cut);
     // A stereo 44.1 kHz track of exactly one second.
-    let stereo = wav_bytes(&c.root, 44100, 2, 440.0, 44100);
+    let stereo = wav_bytes(44100, 2, 440.0, 44100);
     c.add("Data/genres_original/blues/blues.00002.wav", stereo);
     c.add(
         "Data/genres_original/blues/notes.txt",
@@ -701,7 +700,7 @@ fn with_odd_wav(odd: Vec<u8>) -> Corpus {
 }
 
 fn clean_wav() -> Vec<u8> {
-    wav_bytes(&std::env::temp_dir(), 22050, 1, 500.0, 2205)
+    wav_bytes(22050, 1, 500.0, 2205)
 }
 
 #[test]
@@ -785,7 +784,7 @@ fn a_data_chunk_longer_than_the_file_is_quarantined_as_truncated() {
 
 #[test]
 fn a_track_shorter_than_min_seconds_is_quarantined_and_never_reaches_the_split() {
-    let one_sample = wav_bytes(&std::env::temp_dir(), 22050, 1, 500.0, 1);
+    let one_sample = wav_bytes(22050, 1, 500.0, 1);
     let tenth = Params {
         min_seconds: 0.05,
         ..Params::default()
@@ -810,7 +809,7 @@ fn the_default_min_seconds_is_exactly_the_studys_segment() {
     assert_eq!(Params::default().min_samples(), 65488);
     assert_eq!(
         Params::default().min_samples(),
-        crate::stages::slice::Params::default().segment_samples
+        crate::slice::Params::default().segment_samples
     );
 }
 
@@ -832,7 +831,7 @@ fn a_one_class_dataset_is_an_error_naming_the_root_and_the_class() {
 
 #[test]
 fn counts_take_the_singular_for_one() {
-    use crate::stages::common::count;
+    use crate::common::count;
     assert_eq!(count(1, "class", "classes"), "1 class");
     assert_eq!(count(0, "track", "tracks"), "0 tracks");
     assert_eq!(count(5, "track", "tracks"), "5 tracks");

@@ -5,7 +5,7 @@
 //! `mode: band` pools each mel band over all frames instead.
 //!
 //! The artifact is the fitted statistics only. Consumers standardise as they read, through
-//! [`crate::stages::common::scaled_reader`]: a scaled copy of the features would cost as much store as the
+//! [`crate::common::scaled_reader`]: a scaled copy of the features would cost as much store as the
 //! features themselves (about 650 MB on real GTZAN), once per refit.
 //!
 //! Invariants:
@@ -24,12 +24,12 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{
+use crate::common::split_tensors::open_split;
+use crate::common::tables::{SegmentTable, SPLITS};
+use crate::common::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
+use genrelab_contract::{
     Determinism, Need, StageContext, StageError, StageKind, StageReport, TypedStage,
 };
-use crate::stages::common::split_tensors::open_split;
-use crate::stages::common::tables::{SegmentTable, SPLITS};
-use crate::stages::common::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
 
 #[cfg(test)]
 mod tests;
@@ -66,7 +66,7 @@ pub struct Params {
     pub mode: Mode,
 }
 
-impl crate::stage::StageParams for Params {}
+impl genrelab_contract::StageParams for Params {}
 
 /// Fitted statistics. `mean` and `std` have `n_mels * frames` entries (cell) or `n_mels` (band).
 #[derive(Debug, Clone, PartialEq)]
@@ -287,7 +287,7 @@ fn fit_lineage(segments: &SegmentTable) -> serde_json::Value {
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     let features_path = ctx.input("features")?;
-    let segments: SegmentTable = crate::stage::read_json(ctx.input("segments")?, "segments")?;
+    let segments: SegmentTable = genrelab_contract::read_json(ctx.input("segments")?, "segments")?;
     let features = TensorFile::open(features_path)?;
     let (train, n_mels, frames) = check_features(&features, features_path, &segments)?;
 

@@ -12,9 +12,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
-use crate::stage::{local_inputs, write_canonical_json, StageContext};
-use crate::stages::common::scaled_reader::{ScaledFeatures, ScalerStats, BATCH_ROWS as READ_ROWS};
-use crate::stages::common::tables::{Segment, SegmentTable};
+use crate::common::scaled_reader::{ScaledFeatures, ScalerStats, BATCH_ROWS as READ_ROWS};
+use crate::common::tables::{Segment, SegmentTable};
+use genrelab_contract::{local_inputs, write_canonical_json, StageContext};
 
 const MELS: usize = 4;
 const FRAMES: usize = 3;
@@ -603,7 +603,7 @@ fn run_baseline(
     scaler: PathBuf,
     segments: PathBuf,
 ) -> (Vec<String>, serde_json::Value, Vec<u8>) {
-    let stage = crate::stages::baseline::kind();
+    let stage = crate::baseline::kind();
     let params = stage.canonical_params(&serde_yaml::Value::Null).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let inputs = local_inputs([

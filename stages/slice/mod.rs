@@ -12,13 +12,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{
+use crate::common::count;
+use crate::common::tables::{Segment, SegmentTable, ShortTrack, SplitTable, TrackTable, SPLITS};
+use genrelab_contract::{
     read_json, write_canonical_json, Determinism, Need, ParamProblem, StageContext, StageError,
     StageKind, StageParams, StageReport, TypedStage,
-};
-use crate::stages::common::count;
-use crate::stages::common::tables::{
-    Segment, SegmentTable, ShortTrack, SplitTable, TrackTable, SPLITS,
 };
 
 /// Params of `slice`.
@@ -45,7 +43,7 @@ impl Default for Params {
 /// `index * segment_samples` cannot overflow.
 pub const MAX_SEGMENTS_PER_TRACK: u32 = 1 << 16;
 /// Longest segment: the longest track audio decoding accepts, so a longer one could never fit.
-pub const MAX_SEGMENT_SAMPLES: u64 = crate::stages::audio::MAX_DECODED_SAMPLES;
+pub const MAX_SEGMENT_SAMPLES: u64 = crate::audio::MAX_DECODED_SAMPLES;
 
 impl StageParams for Params {
     fn validate(&self) -> Vec<ParamProblem> {

@@ -1,6 +1,6 @@
 use super::*;
-use crate::stage::local_inputs;
-use crate::stages::common::tables::Track;
+use crate::common::tables::Track;
+use genrelab_contract::local_inputs;
 
 fn track(id: &str, label: u32, samples: u64) -> Track {
     Track {

@@ -24,12 +24,12 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{
+use crate::common::count;
+use crate::common::tables::{SplitTable, Track, TrackTable, SPLITS};
+use genrelab_contract::{
     read_json, write_canonical_json, Determinism, Need, ParamFile, ParamProblem, StageContext,
     StageError, StageKind, StageParams, StageReport, TypedStage,
 };
-use crate::stages::common::count;
-use crate::stages::common::tables::{SplitTable, Track, TrackTable, SPLITS};
 
 /// Params of `split`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::stage::{local_inputs, DatasetView};
+use genrelab_contract::{local_inputs, DatasetView};
 
 const CLASSES: [&str; 3] = ["blues", "jazz", "rock"];
 

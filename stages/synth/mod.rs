@@ -42,7 +42,7 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::ParamError;
+use genrelab_contract::ParamError;
 
 pub use music::GENRES;
 

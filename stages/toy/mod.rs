@@ -7,7 +7,7 @@ use std::time::Duration;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::stage::{
+use genrelab_contract::{
     Determinism, Need, StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
 };
 
@@ -215,7 +215,7 @@ fn count(params: &CountParams, ctx: &StageContext) -> Result<StageReport, StageE
     };
     if step > 0 {
         // Told as progress, not in the summary: the manifest must not depend on where a run was killed.
-        ctx.report_progress(&crate::stage::ProgressEvent {
+        ctx.report_progress(&genrelab_contract::ProgressEvent {
             unit: "resumed at step",
             done: step,
             total: Some(params.steps),
@@ -231,7 +231,7 @@ fn count(params: &CountParams, ctx: &StageContext) -> Result<StageReport, StageE
         let tmp = state.with_extension("tmp");
         std::fs::write(&tmp, format!("{step} {value}")).map_err(|e| StageError::io(&tmp, e))?;
         std::fs::rename(&tmp, &state).map_err(|e| StageError::io(&state, e))?;
-        ctx.report_progress(&crate::stage::ProgressEvent {
+        ctx.report_progress(&genrelab_contract::ProgressEvent {
             unit: "step",
             done: step,
             total: Some(params.steps),
