@@ -95,6 +95,25 @@ impl<'r> Dag<'r> {
                 ));
                 continue;
             };
+            // A kind naming `x@tset` would never be handed anything; a build-time slip, so said plainly.
+            let declared = kind.needs().iter().map(|n| n.artifact);
+            let declared =
+                declared.chain(kind.outputs().iter().map(|o| crate::stage::output_name(o)));
+            if let Some((name, e)) = declared
+                .filter_map(|n| crate::stage::split_of(n).err().map(|e| (n, e)))
+                .next()
+            {
+                errors.push(loc.error(
+                    entry,
+                    0,
+                    Some("kind"),
+                    format!(
+                        "stage `{entry}`: kind `{}` declares artifact `{name}`: {e}",
+                        stage.kind
+                    ),
+                ));
+                continue;
+            }
             let params = match kind.canonical_params(&stage.params) {
                 Ok(p) => p,
                 Err(e) => {

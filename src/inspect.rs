@@ -23,6 +23,9 @@ pub struct LineageNode {
     pub manifest: Digest,
     pub params: serde_json::Value,
     pub outputs: BTreeMap<String, Digest>,
+    /// The splits the engine handed this stage, each with the artifacts it read them from.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub split_reads: BTreeMap<crate::stage::Split, Vec<String>>,
     pub lineage: serde_json::Value,
     pub inputs: Vec<LineageInput>,
 }
@@ -86,6 +89,17 @@ fn node(project: &Project, stage: &str, manifest_digest: &str) -> Result<Lineage
         manifest: manifest_digest.to_string(),
         params: m.params,
         outputs: m.outputs.into_iter().map(|(k, v)| (k, v.digest)).collect(),
+        split_reads: m
+            .split_reads
+            .into_iter()
+            .map(|(split, reads)| {
+                let names = reads
+                    .into_iter()
+                    .map(|r| format!("{}.{}", r.stage, r.artifact))
+                    .collect();
+                (split, names)
+            })
+            .collect(),
         lineage: m.lineage,
         inputs,
     })
@@ -155,6 +169,10 @@ pub fn render_lineage(root: &LineageNode) -> String {
             outputs.join(", ")
         ));
         out.push_str(&format!("{pad}  params {}\n", n.params));
+        if !n.split_reads.is_empty() {
+            let splits: Vec<&str> = n.split_reads.keys().map(|s| s.name()).collect();
+            out.push_str(&format!("{pad}  reads splits {}\n", splits.join(", ")));
+        }
         if !n.lineage.is_null() {
             let mut text = n.lineage.to_string();
             if text.len() > 300 {

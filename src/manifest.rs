@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::hashing::Digest;
+use crate::stage::Split;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -26,8 +27,21 @@ pub struct Manifest {
     /// Files named by params (dotted param path -> the file as written and the bytes read).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, ParamFileInfo>,
+    /// Every per-split input artifact (`features@test`) the engine handed the stage, by split. Written by
+    /// the engine from the stage's declared needs, never by the stage: `audit` reads who saw test here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub split_reads: BTreeMap<Split, Vec<SplitRead>>,
+    /// The stage's own typed records ([`crate::stage::Lineage`]), checked against `split_reads`.
     pub lineage: serde_json::Value,
     pub summary: Vec<String>,
+}
+
+/// One per-split artifact a stage was handed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitRead {
+    pub stage: String,
+    pub artifact: String,
+    pub digest: Digest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

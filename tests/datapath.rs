@@ -208,8 +208,21 @@ fn the_scaler_records_exactly_the_train_tracks_it_was_fitted_on() {
     assert_eq!(p.run(&["run"]).code, 0);
     let tree: serde_json::Value =
         serde_json::from_str(&p.run(&["lineage", "scaler", "--json"]).stdout).unwrap();
-    let fit_tracks: Vec<String> =
-        serde_json::from_value(tree["lineage"]["fit_set"]["tracks"].clone()).unwrap();
+    let fit = &tree["lineage"]["records"][0];
+    assert_eq!(fit["record"], "fit");
+    assert_eq!(fit["split"], "train");
+    let fit_tracks: Vec<String> = serde_json::from_value(fit["tracks"].clone()).unwrap();
+    // What the engine handed the scaler, recorded by the engine: train rows and nothing else.
+    assert_eq!(
+        tree["split_reads"],
+        serde_json::json!({"train": ["features.features@train"]})
+    );
+    let baseline: serde_json::Value =
+        serde_json::from_str(&p.run(&["lineage", "baseline", "--json"]).stdout).unwrap();
+    assert_eq!(
+        baseline["split_reads"],
+        serde_json::json!({"train": ["features.features@train"], "val": ["features.features@val"]})
+    );
     let split_digest = lock(&p)["stages"]["split"]["outputs"]["split"]
         .as_str()
         .unwrap()

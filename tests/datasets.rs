@@ -243,3 +243,24 @@ fn each_synthetic_named_dataset_is_generated_into_its_root() {
         run.all()
     );
 }
+
+#[test]
+fn a_stage_reads_several_datasets_each_by_its_name() {
+    let p = project();
+    p.write_config(&format!(
+        "{PIPELINE}  - name: both
+    kind: toy_datasets
+    inputs: [dataset:gtzan, dataset:transfer]
+"
+    ));
+    let run = p.run(&["run"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let lock = p.lock_yaml();
+    let digest = |name: &str| lock["datasets"][name]["digest"].as_str().unwrap().to_string();
+    let output = lock["stages"]["both"]["outputs"]["data"].as_str().unwrap();
+    let listing = std::fs::read_to_string(p.object_path(output)).unwrap();
+    assert_eq!(
+        listing,
+        format!("gtzan 1 {}\ntransfer 1 {}", digest("gtzan"), digest("transfer"))
+    );
+}

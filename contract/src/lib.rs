@@ -13,6 +13,12 @@
 //! - Only declared outputs are written, each as one file at `ctx.output_path(name)`.
 //! - Randomness comes from `ctx.rng(stream)` only.
 
+mod lineage;
+mod split;
+
+pub use lineage::{ids_digest, Lineage, Record};
+pub use split::{split_of, Split, UnknownSplit, SPLIT_SEPARATOR};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -195,9 +201,9 @@ pub trait StageParams: DeserializeOwned + Serialize + Send + Sync + 'static {
 /// What a finished stage hands back besides its output files.
 #[derive(Debug, Default)]
 pub struct StageReport {
-    /// Record-level lineage (identities consumed and produced). Must be canonical: maps are BTreeMaps, lists
-    /// are in a defined order. Stored in the artifact manifest, hashed with it.
-    pub lineage: serde_json::Value,
+    /// Record-level lineage (identities consumed and produced; see [`Lineage`]). Must be canonical: maps are
+    /// BTreeMaps, lists are in a defined order. Stored in the artifact manifest, hashed with it.
+    pub lineage: Lineage,
     /// A few human lines (`run` and `status` print them): quarantine, split sizes, accuracy. Hashed into the
     /// manifest like the lineage, so a function of the inputs only: how a run went (resumed, how fast) is
     /// told through [`StageContext::report_progress`] instead.
@@ -405,6 +411,7 @@ pub struct StageContext {
     threads: usize,
     inputs: BTreeMap<String, Vec<InputArtifact>>,
     dataset: Option<DatasetView>,
+    named_datasets: BTreeMap<String, DatasetView>,
     out_dir: PathBuf,
     outputs: Vec<&'static str>,
     files: BTreeMap<String, PathBuf>,
@@ -432,6 +439,7 @@ impl StageContext {
             threads: threads.max(1),
             inputs,
             dataset,
+            named_datasets: BTreeMap::new(),
             out_dir,
             outputs,
             files: BTreeMap::new(),
@@ -541,6 +549,13 @@ impl StageContext {
     pub fn input(&self, artifact: &str) -> Result<&Path, StageError> {
         match self.inputs.get(artifact).map(Vec::as_slice) {
             Some([one]) => Ok(&one.path),
+            Some([]) | None if split_of(artifact).is_ok_and(|s| s.is_some()) => {
+                Err(StageError::bad_input(
+                    artifact,
+                    "this stage kind does not declare it among its needs, and a stage is handed only \
+                     the splits it declares",
+                ))
+            }
             Some([]) | None => Err(StageError::bad_input(
                 artifact,
                 "no input stage provides it",
@@ -552,14 +567,58 @@ impl StageContext {
         }
     }
 
+    /// The single artifact holding `split`'s rows of `base` (`features@train`), declared in the kind's needs.
+    pub fn split_input(&self, base: &str, split: Split) -> Result<&Path, StageError> {
+        self.input(&split.artifact(base))
+    }
+
     /// Every input artifact named `artifact`, in the order the inputs are listed in pipeline.yaml.
     pub fn inputs(&self, artifact: &str) -> &[InputArtifact] {
         self.inputs.get(artifact).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// The raw dataset, for stages that list `dataset` among their inputs.
+    /// Every dataset the stage lists among its inputs, by the name it is listed under (`dataset` for the
+    /// single unnamed one): for kinds that read several (`Need::many(DATASET)`).
+    pub fn with_datasets(mut self, datasets: BTreeMap<String, DatasetView>) -> Self {
+        if self.dataset.is_none() && datasets.len() == 1 {
+            self.dataset = datasets.values().next().cloned();
+        }
+        self.named_datasets = datasets;
+        self
+    }
+
+    /// The dataset listed among the inputs as `name` (`dataset:transfer`, or `dataset`).
+    pub fn dataset_named(&self, name: &str) -> Result<&DatasetView, StageError> {
+        self.named_datasets.get(name).ok_or_else(|| {
+            let listed: Vec<&str> = self.named_datasets.keys().map(String::as_str).collect();
+            StageError::bad_input(
+                name,
+                format!(
+                    "this stage does not list that dataset among its inputs (it lists: {})",
+                    if listed.is_empty() {
+                        "none".to_string()
+                    } else {
+                        listed.join(", ")
+                    }
+                ),
+            )
+        })
+    }
+
+    /// The names of the datasets this stage lists, sorted.
+    pub fn dataset_names(&self) -> Vec<&str> {
+        self.named_datasets.keys().map(String::as_str).collect()
+    }
+
+    /// The raw dataset, for stages that list one dataset among their inputs.
     pub fn dataset(&self) -> Result<&DatasetView, StageError> {
         self.dataset.as_ref().ok_or_else(|| {
+            if self.named_datasets.len() > 1 {
+                return StageError::bad_input(
+                    DATASET,
+                    "this stage lists several datasets: name the one to read with `dataset_named`",
+                );
+            }
             StageError::bad_input(DATASET, "this stage does not list `dataset` as an input")
         })
     }

@@ -6,10 +6,12 @@ use std::time::Instant;
 
 use crate::config::is_dataset_input;
 use crate::dag::Dag;
-use crate::hashing::{self, short, ENGINE_VERSION};
+use crate::hashing::{self, short, KeyInput, ENGINE_VERSION};
 use crate::lock::StageEntry;
-use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo, ParamFileInfo};
-use crate::stage::{is_folder_output, output_name, Determinism, InputArtifact, StageContext};
+use crate::manifest::{DatasetInfo, Manifest, ManifestInput, OutputInfo, ParamFileInfo, SplitRead};
+use crate::stage::{
+    is_folder_output, output_name, Determinism, InputArtifact, Lineage, Split, StageContext,
+};
 use crate::store::{ActionCache, ActionRecord, BlobStore, Lookup, ObjectState, StoreError};
 
 use super::plan::*;
@@ -186,19 +188,17 @@ pub(super) fn execute(
             },
         );
     }
-    // The one dataset this stage lists, unnamed or named, is what `ctx.dataset()` returns. Every kind takes
-    // at most one (`Need::one`), which the DAG checks; a kind reading several would need the stage contract
-    // to hand them over by name.
-    let mut listed = node.inputs.iter().filter_map(|i| datasets.get(i));
-    let dataset = match (listed.next(), listed.next()) {
-        (_, Some(_)) => {
-            return Err(Stop::from(format!(
-                "stage `{}` lists several datasets, and a stage reads one",
-                node.name
-            )))
-        }
-        (one, None) => one.map(|d| d.view.clone()),
-    };
+    // Every dataset the stage lists, by name (`dataset` for the unnamed one): `ctx.dataset()` is the only
+    // one when there is one, `ctx.dataset_named` picks among several.
+    let listed: BTreeMap<String, crate::stage::DatasetView> = node
+        .inputs
+        .iter()
+        .filter_map(|i| {
+            let view = datasets.get(i)?.view.clone();
+            let name = i.strip_prefix(crate::config::DATASET_PREFIX).unwrap_or(i);
+            Some((name.to_string(), view))
+        })
+        .collect();
     let outputs: Vec<&'static str> = node.kind.outputs().to_vec();
     for declared in outputs.iter().filter(|o| is_folder_output(o)) {
         let dir = lock.scratch.join(output_name(declared));
@@ -216,10 +216,11 @@ pub(super) fn execute(
         planned.seed,
         jobs,
         inputs,
-        dataset,
+        None,
         lock.scratch.clone(),
         outputs.clone(),
     )
+    .with_datasets(listed)
     .with_param_files(param_files)
     .with_exec(exec.clone())
     .with_checkpoint_dir(lock.checkpoint.clone())
@@ -250,6 +251,14 @@ pub(super) fn execute(
             .install(run_stage)?
     };
     let seconds = started.elapsed().as_secs_f64();
+    let split_reads = split_reads(&planned.inputs);
+    if let Some(problem) = unbacked_record(&report.lineage, &split_reads) {
+        return Err(Stop::Failed(format!(
+            "stage `{}` ({}): {problem}",
+            node.name,
+            node.kind.kind()
+        )));
+    }
 
     let mut published = BTreeMap::new();
     let mut folders = std::collections::BTreeSet::new();
@@ -313,7 +322,8 @@ pub(super) fn execute(
         inputs: manifest_inputs,
         outputs: published.clone(),
         files: file_infos,
-        lineage: report.lineage,
+        split_reads,
+        lineage: serde_json::to_value(&report.lineage).map_err(|e| e.to_string())?,
         summary: report.summary.clone(),
     };
     let manifest_digest = blobs
@@ -378,4 +388,37 @@ pub(super) fn execute(
         },
         report.summary,
     ))
+}
+
+/// The per-split artifacts (`features@test`) among a stage's inputs, by split: what the engine handed it,
+/// recorded by the engine so that "who read test" never rests on a stage's word.
+fn split_reads(inputs: &[KeyInput]) -> BTreeMap<Split, Vec<SplitRead>> {
+    let mut reads: BTreeMap<Split, Vec<SplitRead>> = BTreeMap::new();
+    for input in inputs {
+        for (artifact, digest) in &input.artifacts {
+            // Names were checked when the registry was loaded; an unknown split cannot reach here.
+            if let Ok(Some(split)) = crate::stage::split_of(artifact) {
+                reads.entry(split).or_default().push(SplitRead {
+                    stage: input.stage.clone(),
+                    artifact: artifact.clone(),
+                    digest: digest.clone(),
+                });
+            }
+        }
+    }
+    reads
+}
+
+/// A lineage record about a split the stage was never handed (a scaler saying it fitted on train without
+/// a `…@train` input): the stage's word disagrees with the engine's, so the run fails.
+fn unbacked_record(lineage: &Lineage, reads: &BTreeMap<Split, Vec<SplitRead>>) -> Option<String> {
+    lineage.records.iter().find_map(|record| {
+        let split = record.requires()?;
+        (!reads.contains_key(&split)).then(|| {
+            format!(
+                "its lineage records {record:?}, but it was handed no `{split}` artifact (it declares \
+                 none among its needs)"
+            )
+        })
+    })
 }

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::common::scaled_reader::ScaledFeatures;
 use crate::common::tables::SegmentTable;
 use genrelab_contract::{
-    read_json, write_canonical_json, Determinism, Need, StageContext, StageError, StageKind,
-    StageReport, TypedStage,
+    read_json, write_canonical_json, Determinism, Lineage, Need, Record, Split, StageContext,
+    StageError, StageKind, StageReport, TypedStage,
 };
 
 #[cfg(test)]
@@ -269,7 +269,7 @@ pub fn evaluate(
 fn read_split(
     features: &ScaledFeatures,
     segments: &SegmentTable,
-    split: &str,
+    split: Split,
 ) -> Result<(SplitData, usize), StageError> {
     let rows = features.split(segments, split)?;
     let (n_mels, frames) = rows.dims();
@@ -287,10 +287,11 @@ fn read_split(
 
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     let segments: SegmentTable = read_json(ctx.input("segments")?, "segments")?;
-    let features = ScaledFeatures::open(ctx.input("features")?, ctx.input("scaler")?)?;
+    // Test rows are not among this kind's needs: the engine never hands them over.
+    let features = ScaledFeatures::from_inputs(ctx, &[Split::Train, Split::Val])?;
     // Both splits are checked against the one set of statistics, so they share its mel bands.
-    let (train, n_mels) = read_split(&features, &segments, "train")?;
-    let (val, _) = read_split(&features, &segments, "val")?;
+    let (train, n_mels) = read_split(&features, &segments, Split::Train)?;
+    let (val, _) = read_split(&features, &segments, Split::Val)?;
     let report = evaluate(params.method, n_mels, &train, &val)?;
     write_canonical_json(&ctx.output_path("baseline")?, &report)?;
 
@@ -303,18 +304,20 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         pct(report.train.accuracy),
     );
     Ok(StageReport {
-        lineage: serde_json::json!({
-            "fit": "train",
-            "scored": ["val"],
-            "test_read": false,
-            "segments": {"train": report.train.segments, "val": report.val.segments},
-        }),
+        lineage: Lineage::default()
+            .with(segments.fit_record("class centroids", Split::Train))
+            .with(Record::Scored {
+                what: "accuracy".into(),
+                split: Split::Val,
+                segments: report.val.segments,
+            }),
         summary: vec![summary],
     })
 }
 
 const NEEDS: &[Need] = &[
-    Need::one("features"),
+    Need::one("features@train"),
+    Need::one("features@val"),
     Need::one("scaler"),
     Need::one("segments"),
 ];

@@ -11,13 +11,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::*;
+use crate::common::scaled_reader::ScalerStats;
+use crate::common::split_tensors::write_split;
 use crate::common::tables::{Segment, SPLITS};
-use crate::common::tensors::{Dtype, TensorSpec, TensorWriter};
 use genrelab_contract::{local_inputs, StageContext};
 
 /// One segment to write: split, track, label and its `n_mels x frames` values (mel-major).
 struct Seg {
-    split: &'static str,
+    split: Split,
     track: String,
     label: u32,
     values: Vec<f32>,
@@ -42,7 +43,7 @@ impl Corpus {
                 segments.push(Segment {
                     id: format!("{}#{i}", s.track),
                     track: s.track.clone(),
-                    split: split.into(),
+                    split,
                     label: s.label,
                     index: *i,
                     start: 0,
@@ -59,64 +60,42 @@ impl Corpus {
         }
     }
 
-    fn write_features(&self, path: &std::path::Path) {
-        let mut specs = Vec::new();
-        let mut data = Vec::new();
+    /// Writes `features@<split>` for every split into `dir`.
+    fn write_features(&self, dir: &std::path::Path) {
         for split in SPLITS {
             let mut these: Vec<&Seg> = self.segs.iter().filter(|s| s.split == split).collect();
             these.sort_by(|a, b| a.track.cmp(&b.track));
-            specs.push(TensorSpec::new(
-                split,
-                Dtype::F32,
-                vec![these.len(), self.n_mels, self.frames],
-            ));
-            specs.push(TensorSpec::new(
-                format!("{split}_labels"),
-                Dtype::U32,
-                vec![these.len()],
-            ));
             let values: Vec<f32> = these.iter().flat_map(|s| s.values.clone()).collect();
             let labels: Vec<u32> = these.iter().map(|s| s.label).collect();
-            data.push((values, labels));
+            let path = dir.join(split.artifact("features"));
+            write_split(&path, split, (self.n_mels, self.frames), &values, &labels).unwrap();
         }
-        let mut w = TensorWriter::create(path, specs).unwrap();
-        for (values, labels) in data {
-            w.write_f32(&values).unwrap();
-            w.write_u32(&labels).unwrap();
-        }
-        w.finish().unwrap();
     }
 
     /// Mean 0 and std 1 for every cell: `(x - 0) / 1` is `x` exactly.
     fn write_identity_scaler(&self, path: &std::path::Path) {
         let cells = self.n_mels * self.frames;
-        let shape = vec![self.n_mels, self.frames];
-        let mut w = TensorWriter::create(
-            path,
-            vec![
-                TensorSpec::new("mean", Dtype::F64, shape.clone()),
-                TensorSpec::new("std", Dtype::F64, shape),
-                TensorSpec::new("count", Dtype::U32, vec![1]),
-            ],
-        )
-        .unwrap();
-        w.write_f64(&vec![0.0; cells]).unwrap();
-        w.write_f64(&vec![1.0; cells]).unwrap();
-        w.write_u32(&[1]).unwrap();
-        w.finish().unwrap();
+        let stats = ScalerStats {
+            shape: vec![self.n_mels, self.frames],
+            mean: vec![0.0; cells],
+            std: vec![1.0; cells],
+            count: 1,
+        };
+        stats.write(path).unwrap();
     }
 
     /// Runs the stage with `threads` workers; returns the report and the artifact bytes.
     fn run(&self, threads: usize) -> Result<(StageReport, Vec<u8>), StageError> {
         let dir = tempfile::tempdir().unwrap();
-        let features = dir.path().join("features");
         let scaler = dir.path().join("scaler");
         let segments = dir.path().join("segments");
-        self.write_features(&features);
+        self.write_features(dir.path());
         self.write_identity_scaler(&scaler);
         write_canonical_json(&segments, &self.table()).unwrap();
         let inputs = local_inputs([
-            ("features", features),
+            // What the kind declares: train and val, never test.
+            ("features@train", dir.path().join("features@train")),
+            ("features@val", dir.path().join("features@val")),
             ("scaler", scaler),
             ("segments", segments),
         ]);
@@ -141,7 +120,7 @@ impl Corpus {
 }
 
 /// A 2 x 2 segment whose mean-over-frames vector is `(a, 0)`; frames differ so averaging matters.
-fn seg(split: &'static str, track: &str, label: u32, a: f32) -> Seg {
+fn seg(split: Split, track: &str, label: u32, a: f32) -> Seg {
     Seg {
         split,
         track: track.into(),
@@ -156,18 +135,18 @@ fn known_confusion() -> Corpus {
         n_mels: 2,
         frames: 2,
         segs: vec![
-            seg("train", "c0/t0", 0, -1.0),
-            seg("train", "c0/t0", 0, 1.0),
-            seg("train", "c1/t1", 1, 9.0),
-            seg("train", "c1/t1", 1, 11.0),
+            seg(Split::Train, "c0/t0", 0, -1.0),
+            seg(Split::Train, "c0/t0", 0, 1.0),
+            seg(Split::Train, "c1/t1", 1, 9.0),
+            seg(Split::Train, "c1/t1", 1, 11.0),
             // Track v0: predictions 0, 0, 1; mean 3 -> class 0; vote 0.
-            seg("val", "c0/v0", 0, 0.0),
-            seg("val", "c0/v0", 0, 0.0),
-            seg("val", "c0/v0", 0, 9.0),
+            seg(Split::Val, "c0/v0", 0, 0.0),
+            seg(Split::Val, "c0/v0", 0, 0.0),
+            seg(Split::Val, "c0/v0", 0, 9.0),
             // Track v1: predictions 1, 0 (a tie, so the vote says 0: wrong); mean 5.5 -> class 1.
-            seg("val", "c1/v1", 1, 10.0),
-            seg("val", "c1/v1", 1, 1.0),
-            seg("test", "c0/x0", 0, 0.0),
+            seg(Split::Val, "c1/v1", 1, 10.0),
+            seg(Split::Val, "c1/v1", 1, 1.0),
+            seg(Split::Test, "c0/x0", 0, 0.0),
         ],
     }
 }
@@ -195,11 +174,24 @@ fn constructed_case_gives_the_known_confusion() {
         report.summary,
         vec!["baseline (nearest centroid on mean log-mel): val 60.0% per segment, 100.0% per track (train 100.0%)"]
     );
+    let table = known_confusion().table();
     assert_eq!(
-        report.lineage,
-        serde_json::json!({"fit": "train", "scored": ["val"], "test_read": false,
-                           "segments": {"train": 4, "val": 5}})
+        report.lineage.records,
+        [
+            table.fit_record("class centroids", Split::Train),
+            Record::Scored {
+                what: "accuracy".into(),
+                split: Split::Val,
+                segments: 5,
+            },
+        ]
     );
+    match &report.lineage.records[0] {
+        Record::Fit {
+            tracks, segments, ..
+        } => assert_eq!((tracks.as_slice(), *segments), (&["c0/t0".to_string(), "c1/t1".into()][..], 4)),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Three classes, 8 mels x 5 frames; class `k` raises band `k` by `gap` over uniform noise in [-1, 1).
@@ -273,7 +265,7 @@ fn test_split_values_never_reach_the_output() {
     let corpus = separated(3, 3, 6.0);
     let (r1, before) = corpus.run(1).unwrap();
     let mut changed = separated(3, 3, 6.0);
-    for s in changed.segs.iter_mut().filter(|s| s.split == "test") {
+    for s in changed.segs.iter_mut().filter(|s| s.split == Split::Test) {
         s.values.iter_mut().for_each(|v| *v = f32::NAN);
         s.label = (s.label + 1) % 3;
     }
@@ -282,7 +274,7 @@ fn test_split_values_never_reach_the_output() {
     assert_eq!(r1.lineage, r2.lineage);
     // The same change on val does change the output, so the comparison above can fail.
     let mut val_changed = separated(3, 3, 6.0);
-    for s in val_changed.segs.iter_mut().filter(|s| s.split == "val") {
+    for s in val_changed.segs.iter_mut().filter(|s| s.split == Split::Val) {
         s.values.iter_mut().for_each(|v| *v = -*v);
     }
     assert_ne!(before, val_changed.run(1).unwrap().1);
@@ -309,13 +301,14 @@ fn mean_over_frames_averages_each_band() {
 fn val_rows_must_match_the_segment_table() {
     let corpus = known_confusion();
     let dir = tempfile::tempdir().unwrap();
-    let (features, scaler) = (dir.path().join("features"), dir.path().join("scaler"));
-    corpus.write_features(&features);
+    let scaler = dir.path().join("scaler");
+    corpus.write_features(dir.path());
     corpus.write_identity_scaler(&scaler);
     let mut table = corpus.table();
     table.segments.retain(|s| s.id != "c1/v1#1");
-    let file = ScaledFeatures::open(&features, &scaler).unwrap();
-    let err = match read_split(&file, &table, "val") {
+    let val = dir.path().join("features@val");
+    let file = ScaledFeatures::open(&scaler, &[(Split::Val, &val)]).unwrap();
+    let err = match read_split(&file, &table, Split::Val) {
         Ok(_) => panic!("a row count mismatch was accepted"),
         Err(e) => e.to_string(),
     };

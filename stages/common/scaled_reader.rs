@@ -18,14 +18,15 @@
 //! The `scaler` artifact: tensors `mean` and `std` (F64, `[n_mels, frames]` for one pair per cell or
 //! `[n_mels]` for one pair per mel band) and `count` (U32 `[1]`, the train segments fitted on).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::split_tensors::{open_split, SplitTensor};
+use super::split_tensors::{open_split, SplitTensor, FEATURES};
 use super::tables::SegmentTable;
-use super::tensors::{Dtype, Tensor, TensorFile};
-use genrelab_contract::StageError;
+use super::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
+use genrelab_contract::{Split, StageContext, StageError};
 
 /// Rows decoded and scaled at once: enough to keep workers busy, 4 MiB of f32 at 128 x 128.
 pub const BATCH_ROWS: usize = 64;
@@ -42,6 +43,22 @@ pub struct ScalerStats {
 }
 
 impl ScalerStats {
+    /// Writes the `scaler` artifact: the one writer of this format, for the scaler stage and every test.
+    pub fn write(&self, path: &Path) -> Result<(), StageError> {
+        let mut out = TensorWriter::create(
+            path,
+            vec![
+                TensorSpec::new("mean", Dtype::F64, self.shape.clone()),
+                TensorSpec::new("std", Dtype::F64, self.shape.clone()),
+                TensorSpec::new("count", Dtype::U32, vec![1]),
+            ],
+        )?;
+        out.write_f64(&self.mean)?;
+        out.write_f64(&self.std)?;
+        out.write_u32(&[self.count])?;
+        out.finish()
+    }
+
     /// Reads and checks a `scaler` artifact.
     pub fn read(path: &Path) -> Result<Self, StageError> {
         let file = TensorFile::open(path)?;
@@ -109,21 +126,33 @@ impl ScalerStats {
     }
 }
 
-/// The `features` artifact read through fitted scaler statistics.
+/// The per-split `features@<split>` artifacts read through fitted scaler statistics.
 pub struct ScaledFeatures {
-    features: TensorFile,
-    features_path: PathBuf,
+    /// Only the splits given to [`ScaledFeatures::open`]: asking for another is an error, never a read.
+    files: BTreeMap<Split, (TensorFile, PathBuf)>,
     stats: ScalerStats,
 }
 
 impl ScaledFeatures {
-    /// Opens the `features` artifact at `features` and the `scaler` artifact at `scaler`.
-    pub fn open(features: &Path, scaler: &Path) -> Result<Self, StageError> {
+    /// Opens the `scaler` artifact at `scaler` and each given split's features file.
+    pub fn open(scaler: &Path, splits: &[(Split, &Path)]) -> Result<Self, StageError> {
+        let mut files = BTreeMap::new();
+        for &(split, path) in splits {
+            files.insert(split, (TensorFile::open(path)?, path.to_path_buf()));
+        }
         Ok(ScaledFeatures {
-            features: TensorFile::open(features)?,
-            features_path: features.to_path_buf(),
+            files,
             stats: ScalerStats::read(scaler)?,
         })
+    }
+
+    /// The scaler and the given splits' features among a stage's inputs (`scaler`, `features@<split>`).
+    pub fn from_inputs(ctx: &StageContext, splits: &[Split]) -> Result<Self, StageError> {
+        let paths = splits
+            .iter()
+            .map(|&split| Ok((split, ctx.split_input(FEATURES, split)?)))
+            .collect::<Result<Vec<_>, StageError>>()?;
+        Self::open(ctx.input("scaler")?, &paths)
     }
 
     /// One split, checked against the segment table; nothing is decoded until rows are asked for, so a
@@ -131,15 +160,20 @@ impl ScaledFeatures {
     pub fn split(
         &self,
         segments: &SegmentTable,
-        split: &str,
+        split: Split,
     ) -> Result<ScaledSplit<'_>, StageError> {
-        let SplitTensor { values, labels } = open_split(
-            &self.features,
-            &self.features_path,
-            "features",
-            segments,
-            split,
-        )?;
+        let (file, path) = self.files.get(&split).ok_or_else(|| {
+            StageError::Invalid(format!(
+                "features of split `{split}` were not opened (opened: {})",
+                self.files
+                    .keys()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let SplitTensor { values, labels } =
+            open_split(file, path, &split.artifact(FEATURES), segments, split)?;
         let (n_mels, frames) = (values.shape[1], values.shape[2]);
         let (mean, std) = self.stats.per_cell(n_mels, frames).ok_or_else(|| {
             StageError::bad_input(

@@ -1,12 +1,35 @@
-//! Reading one split out of a per-split tensor file (`features`): the tensor `<split>`
+//! Reading one split's per-split tensor file (`features@<split>`): the tensor `<split>`
 //! (F32 [segments, n_mels, frames]) and `<split>_labels` (U32 [segments]), checked against the segment table,
 //! so that every stage reading such a file trusts rows and labels for the same reasons.
 
 use std::path::Path;
 
 use super::tables::SegmentTable;
-use super::tensors::{Dtype, Tensor, TensorFile};
-use genrelab_contract::StageError;
+use super::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
+use genrelab_contract::{Split, StageError};
+
+/// The base name of the per-split feature artifacts (`features@train`, ...), made by the `features` stage.
+pub const FEATURES: &str = "features";
+
+/// Writes one split's per-split tensor file in one go (the `features` stage streams the same layout).
+pub fn write_split(
+    path: &Path,
+    split: Split,
+    dims: (usize, usize),
+    values: &[f32],
+    labels: &[u32],
+) -> Result<(), StageError> {
+    let mut w = TensorWriter::create(
+        path,
+        vec![
+            TensorSpec::new(split.name(), Dtype::F32, vec![labels.len(), dims.0, dims.1]),
+            TensorSpec::new(format!("{split}_labels"), Dtype::U32, vec![labels.len()]),
+        ],
+    )?;
+    w.write_f32(values)?;
+    w.write_u32(labels)?;
+    w.finish()
+}
 
 /// One split's values and labels; rows follow the segment table's order for that split.
 pub struct SplitTensor<'a> {
@@ -28,9 +51,9 @@ pub fn open_split<'a>(
     path: &Path,
     artifact: &str,
     segments: &SegmentTable,
-    split: &str,
+    split: Split,
 ) -> Result<SplitTensor<'a>, StageError> {
-    let values = file.tensor(split)?;
+    let values = file.tensor(split.name())?;
     if values.dtype != Dtype::F32 || values.shape.len() != 3 || values.shape[1..].contains(&0) {
         return Err(StageError::bad_file(
             path,

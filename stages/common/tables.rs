@@ -3,10 +3,11 @@
 //! These records are the identities the leakage audit reads: which track is in which split, which segment
 //! came from which track. Every list is sorted as documented on its field, so equal content gives equal bytes.
 
+use genrelab_contract::{ids_digest, Record, Split};
 use serde::{Deserialize, Serialize};
 
-/// Split names in their canonical order.
-pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+/// The splits in their canonical order.
+pub const SPLITS: [Split; 3] = Split::ALL;
 
 /// Output `tracks` of `ingest`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,11 +72,11 @@ pub struct SplitTable {
 }
 
 impl SplitTable {
-    pub fn ids(&self, split: &str) -> &[String] {
+    pub fn ids(&self, split: Split) -> &[String] {
         match split {
-            "train" => &self.train,
-            "val" => &self.val,
-            _ => &self.test,
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+            Split::Test => &self.test,
         }
     }
 }
@@ -94,8 +95,22 @@ pub struct SegmentTable {
 
 impl SegmentTable {
     /// The segments of one split, in tensor order.
-    pub fn of_split<'a>(&'a self, split: &'a str) -> impl Iterator<Item = &'a Segment> + 'a {
+    pub fn of_split(&self, split: Split) -> impl Iterator<Item = &Segment> + '_ {
         self.segments.iter().filter(move |s| s.split == split)
+    }
+
+    /// The lineage record of `what` fitted on every segment of `split`, in tensor order.
+    pub fn fit_record(&self, what: &str, split: Split) -> Record {
+        let mut tracks: Vec<String> = self.of_split(split).map(|s| s.track.clone()).collect();
+        tracks.sort_unstable();
+        tracks.dedup();
+        Record::Fit {
+            what: what.to_string(),
+            split,
+            tracks,
+            segments: self.of_split(split).count(),
+            segment_ids_digest: ids_digest(self.of_split(split).map(|s| s.id.as_str())),
+        }
     }
 }
 
@@ -104,7 +119,8 @@ pub struct Segment {
     /// `<track id>#<index>`.
     pub id: String,
     pub track: String,
-    pub split: String,
+    /// Serialized as its name; any other name fails to read, never falls into a default split.
+    pub split: Split,
     pub label: u32,
     pub index: u32,
     /// First sample, at the track table's rate.

@@ -2,10 +2,11 @@
 //! (`melspectrogram(sr=22050, n_mels=128, hop_length=512)` then `power_to_db(ref=np.max, top_db=80)`).
 //!
 //! Input: the raw dataset, the `tracks` table (to find and verify each track's audio) and the `segments` table
-//! (which samples of which track make each segment, and its split). Output `features`: one safetensors file
-//! holding, for each split in [`SPLITS`] order, tensor `<split>` (F32, `[segments, n_mels, frames]`, layout
-//! segment x mel x frame, little-endian) and `<split>_labels` (U32, `[segments]`), rows in the segment table's
-//! order.
+//! (which samples of which track make each segment, and its split). Outputs `features@train`, `features@val`
+//! and `features@test`: one safetensors file per split, holding tensor `<split>` (F32,
+//! `[segments, n_mels, frames]`, layout segment x mel x frame, little-endian) and `<split>_labels` (U32,
+//! `[segments]`), rows in the segment table's order. One file per split is what lets the engine hand a
+//! consumer the splits it declares and no others: a trainer never holds a path to test rows.
 //!
 //! Invariants: each track is decoded once and checked against its ingest-time length and audio digest (a
 //! changed file is an error, never silently new features); each segment's values depend only on its samples
@@ -23,10 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::audio;
 use crate::common::tables::{Segment, SegmentTable, Track, TrackTable, SPLITS};
+
+use crate::common::split_tensors::FEATURES;
 use crate::common::tensors::{Dtype, TensorSpec, TensorWriter};
 use genrelab_contract::{
-    read_json, Determinism, Need, ParamProblem, StageContext, StageError, StageKind, StageParams,
-    StageReport, TypedStage,
+    read_json, Determinism, Lineage, Need, ParamProblem, Record, Split, StageContext, StageError,
+    StageKind, StageParams, StageReport, TypedStage,
 };
 
 pub use mel::{MelError, MelExtractor};
@@ -262,17 +265,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     };
 
     let by_id: BTreeMap<&str, &Track> = tracks.tracks.iter().map(|t| (t.id.as_str(), t)).collect();
-    if let Some(seg) = table
-        .segments
-        .iter()
-        .find(|s| !SPLITS.contains(&s.split.as_str()))
-    {
-        return Err(StageError::bad_input(
-            "segments",
-            format!("segment `{}` has unknown split `{}`", seg.id, seg.split),
-        ));
-    }
-    let mut plan: Vec<(&str, Vec<TrackJob>)> = Vec::new();
+    let mut plan: Vec<(Split, Vec<TrackJob>)> = Vec::new();
     for split in SPLITS {
         let mut jobs: Vec<TrackJob> = Vec::new();
         for seg in table.of_split(split) {
@@ -318,31 +311,20 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         plan.push((split, jobs));
     }
 
-    let mut specs = Vec::new();
-    let mut lineage_splits = BTreeMap::new();
-    for (split, jobs) in &plan {
-        let n: usize = jobs.iter().map(|j| j.segments.len()).sum();
-        let distinct: BTreeSet<&str> = jobs.iter().map(|j| j.track.id.as_str()).collect();
-        specs.push(TensorSpec::new(*split, Dtype::F32, vec![n, n_mels, frames]));
-        specs.push(TensorSpec::new(
-            format!("{split}_labels"),
-            Dtype::U32,
-            vec![n],
-        ));
-        lineage_splits.insert(
-            split.to_string(),
-            serde_json::json!({ "segments": n, "tracks": distinct.len() }),
-        );
-    }
-    let out_path = ctx.output_path("features")?;
-    let mut writer = TensorWriter::create(&out_path, specs)?;
-
     let n_jobs: usize = plan.iter().map(|(_, jobs)| jobs.len()).sum();
     let bar = ctx.progress(n_jobs as u64, "mel");
     // Enough tracks per chunk to keep every thread busy, few enough to bound memory.
     let chunk = 3 * ctx.threads().max(1);
     let mut total = 0usize;
-    for (_, jobs) in &plan {
+    let mut records = Vec::new();
+    for (split, jobs) in &plan {
+        let n: usize = jobs.iter().map(|j| j.segments.len()).sum();
+        let distinct: BTreeSet<&str> = jobs.iter().map(|j| j.track.id.as_str()).collect();
+        let specs = vec![
+            TensorSpec::new(split.name(), Dtype::F32, vec![n, n_mels, frames]),
+            TensorSpec::new(format!("{split}_labels"), Dtype::U32, vec![n]),
+        ];
+        let mut writer = TensorWriter::create(&ctx.output_path(&split.artifact(FEATURES))?, specs)?;
         for batch in jobs.chunks(chunk) {
             let results: Vec<Result<Vec<f32>, StageError>> = batch
                 .par_iter()
@@ -368,8 +350,13 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
             .collect();
         total += labels.len();
         writer.write_u32(&labels)?;
+        writer.finish()?;
+        records.push(Record::Segments {
+            split: *split,
+            segments: n,
+            tracks: distinct.len(),
+        });
     }
-    writer.finish()?;
     bar.finish_and_clear();
 
     let ref_text = match params.reference {
@@ -381,11 +368,13 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         None => "no top_db".to_string(),
     };
     Ok(StageReport {
-        lineage: serde_json::json!({
-            "splits": lineage_splits,
-            "shape": [n_mels, frames],
-            "layout": "segment x mel x frame, f32 little-endian",
-        }),
+        lineage: Lineage {
+            records,
+            details: serde_json::json!({
+                "shape": [n_mels, frames],
+                "layout": "segment x mel x frame, f32 little-endian",
+            }),
+        },
         summary: vec![format!(
             "{total} segments -> {n_mels}x{frames} log-mel ({ref_text}, {top_text})"
         )],
@@ -452,7 +441,7 @@ pub fn kind() -> Box<dyn StageKind> {
         about:
             "log-mel spectrogram per segment, matching librosa 0.11 (melspectrogram + power_to_db)",
         needs: NEEDS,
-        outputs: &["features"],
+        outputs: &["features@train", "features@val", "features@test"],
         code_dirs: &["features", "audio", "common"],
         determinism: Determinism::Exact,
         run,

@@ -727,12 +727,12 @@ fn corpus() -> Corpus {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("data");
     // (id, label, samples, split, segment count)
-    let specs: [(&str, u32, Vec<i16>, &str, u32); 5] = [
-        ("a/a.00", 0, lcg_pcm(1, 2 * N + 100), "train", 2),
-        ("b/b.00", 1, lcg_pcm(2, N), "train", 1),
-        ("a/a.01", 0, lcg_pcm(3, 3 * N), "val", 3),
-        ("a/a.02", 0, signal_a_pcm16(), "test", 1),
-        ("b/b.01", 1, lcg_pcm(4, 2 * N - 1), "test", 1),
+    let specs: [(&str, u32, Vec<i16>, Split, u32); 5] = [
+        ("a/a.00", 0, lcg_pcm(1, 2 * N + 100), Split::Train, 2),
+        ("b/b.00", 1, lcg_pcm(2, N), Split::Train, 1),
+        ("a/a.01", 0, lcg_pcm(3, 3 * N), Split::Val, 3),
+        ("a/a.02", 0, signal_a_pcm16(), Split::Test, 1),
+        ("b/b.01", 1, lcg_pcm(4, 2 * N - 1), Split::Test, 1),
     ];
     let mut tracks = Vec::new();
     let mut segments = Vec::new();
@@ -759,7 +759,7 @@ fn corpus() -> Corpus {
             segments.push(Segment {
                 id: format!("{id}#{index}"),
                 track: id.to_string(),
-                split: split.to_string(),
+                split: *split,
                 label: *label,
                 index,
                 start: u64::from(index) * N as u64,
@@ -767,10 +767,7 @@ fn corpus() -> Corpus {
         }
     }
     tracks.sort_by(|a, b| a.id.cmp(&b.id));
-    let split_rank = |s: &str| SPLITS.iter().position(|x| *x == s).unwrap();
-    segments.sort_by(|a, b| {
-        (split_rank(&a.split), &a.track, a.index).cmp(&(split_rank(&b.split), &b.track, b.index))
-    });
+    segments.sort_by(|a, b| (a.split, &a.track, a.index).cmp(&(b.split, &b.track, b.index)));
     Corpus {
         dir,
         tracks: TrackTable {
@@ -816,7 +813,7 @@ fn run_stage(
         inputs,
         Some(dataset),
         out_dir.clone(),
-        vec!["features"],
+        vec!["features@train", "features@val", "features@test"],
     );
     let params = serde_json::to_value(params).unwrap();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -824,35 +821,34 @@ fn run_stage(
         .build()
         .unwrap();
     let report = pool.install(|| kind().run(&params, &ctx))?;
-    Ok((report, out_dir.join("features")))
+    Ok((report, out_dir))
 }
 
 #[test]
 fn stage_writes_split_tensors_in_segment_order_and_is_thread_independent() {
     let corpus = corpus();
-    let (report, path) = run_stage(&corpus, &Params::default(), 1, "one").unwrap();
-    let (report4, path4) = run_stage(&corpus, &Params::default(), 4, "four").unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes, std::fs::read(&path4).unwrap(), "1 vs 4 threads");
+    let (report, dir) = run_stage(&corpus, &Params::default(), 1, "one").unwrap();
+    let (report4, dir4) = run_stage(&corpus, &Params::default(), 4, "four").unwrap();
+    let file_of = |dir: &std::path::Path, split: Split| dir.join(split.artifact("features"));
+    for split in SPLITS {
+        let bytes = std::fs::read(file_of(&dir, split)).unwrap();
+        assert_eq!(
+            bytes,
+            std::fs::read(file_of(&dir4, split)).unwrap(),
+            "1 vs 4 threads"
+        );
+        // One split per file: a consumer handed this file holds no other split's rows.
+        let names = TensorFile::open(&file_of(&dir, split)).unwrap().names();
+        assert_eq!(names, vec![split.to_string(), format!("{split}_labels")]);
+    }
     assert_eq!(report.lineage, report4.lineage);
 
-    let file = TensorFile::open(&path).unwrap();
-    assert_eq!(
-        file.names(),
-        vec![
-            "test",
-            "test_labels",
-            "train",
-            "train_labels",
-            "val",
-            "val_labels"
-        ]
-    );
     let ex = extractor(&Params::default());
     let mut expected_cell = vec![0f32; 128 * 130];
     for split in SPLITS {
         let segs: Vec<&Segment> = corpus.segments.of_split(split).collect();
-        let features = file.tensor(split).unwrap();
+        let file = TensorFile::open(&file_of(&dir, split)).unwrap();
+        let features = file.tensor(split.name()).unwrap();
         assert_eq!(features.shape, vec![segs.len(), 128, 130], "{split}");
         let labels = file.tensor(&format!("{split}_labels")).unwrap().to_u32();
         assert_eq!(
@@ -879,14 +875,22 @@ fn stage_writes_split_tensors_in_segment_order_and_is_thread_independent() {
             assert_eq!(row, expected_cell, "{}", seg.id);
         }
     }
-    assert_eq!(report.lineage["shape"], serde_json::json!([128, 130]));
     assert_eq!(
-        report.lineage["splits"],
-        serde_json::json!({
-            "train": {"segments": 3, "tracks": 2},
-            "val": {"segments": 3, "tracks": 1},
-            "test": {"segments": 2, "tracks": 2},
-        })
+        report.lineage.details["shape"],
+        serde_json::json!([128, 130])
+    );
+    let segments = |split, segments, tracks| Record::Segments {
+        split,
+        segments,
+        tracks,
+    };
+    assert_eq!(
+        report.lineage.records,
+        [
+            segments(Split::Train, 3, 2),
+            segments(Split::Val, 3, 1),
+            segments(Split::Test, 2, 2),
+        ]
     );
     assert_eq!(
         report.summary,
@@ -895,7 +899,8 @@ fn stage_writes_split_tensors_in_segment_order_and_is_thread_independent() {
 
     // The 16-bit WAV of signal A (first test row) against librosa.load + melspectrogram + power_to_db(ref=max):
     // librosa's ref=1.0 values minus its maximum, 35.918755 dB.
-    let test = file.tensor("test").unwrap();
+    let test_file = TensorFile::open(&file_of(&dir, Split::Test)).unwrap();
+    let test = test_file.tensor("test").unwrap();
     let mut row = Vec::new();
     test.row_f32_into(0, &mut row);
     for (m, t, v) in [

@@ -37,8 +37,8 @@ use crate::audio;
 use crate::common::count;
 use crate::common::tables::{Quarantine, QuarantinedFile, Track, TrackTable};
 use genrelab_contract::{
-    write_canonical_json, Determinism, Need, ParamProblem, StageContext, StageError, StageKind,
-    StageParams, StageReport, TypedStage, UnlistedEntry, UnlistedReason, DATASET,
+    write_canonical_json, Determinism, Lineage, Need, ParamProblem, StageContext, StageError,
+    StageKind, StageParams, StageReport, TypedStage, UnlistedEntry, UnlistedReason, DATASET,
 };
 
 pub use layout::{extension, plan, Candidate, LayoutKind, Plan, SkipKind, Skipped};
@@ -413,7 +413,10 @@ fn report(plan: &Plan, table: &TrackTable, quarantine: &Quarantine) -> StageRepo
             summary.push(format!("warning {}: {w}", t.path));
         }
     }
-    StageReport { lineage, summary }
+    StageReport {
+        lineage: Lineage::details(lineage),
+        summary,
+    }
 }
 
 const NEEDS: &[Need] = &[Need::one(DATASET)];

@@ -19,16 +19,16 @@
 //! Output `scaler`: tensors `mean` and `std` (F64, shape `[n_mels, frames]` per cell or `[n_mels]` per band)
 //! and `count` (U32 `[1]`, the number of train segments fitted on). A stored std is never 0.
 
-use std::path::Path;
-
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::common::split_tensors::open_split;
-use crate::common::tables::{SegmentTable, SPLITS};
-use crate::common::tensors::{Dtype, Tensor, TensorFile, TensorSpec, TensorWriter};
+use crate::common::scaled_reader::ScalerStats;
+use crate::common::split_tensors::{open_split, FEATURES};
+use crate::common::tables::SegmentTable;
+use crate::common::tensors::TensorFile;
 use genrelab_contract::{
-    Determinism, Need, StageContext, StageError, StageKind, StageReport, TypedStage,
+    Determinism, Lineage, Need, Record, Split, StageContext, StageError, StageKind, StageReport,
+    TypedStage,
 };
 
 #[cfg(test)]
@@ -246,50 +246,19 @@ where
     Ok(Fitted { std, ..partial })
 }
 
-/// Checks every split's tensors (shapes, dtypes, row counts, labels) against `segments` and that all splits
-/// share one segment shape, so the statistics fitted on train apply to each. Returns the train values and
-/// the common `(n_mels, frames)`.
-fn check_features<'a>(
-    file: &'a TensorFile,
-    path: &Path,
-    segments: &SegmentTable,
-) -> Result<(Tensor<'a>, usize, usize), StageError> {
-    let train = open_split(file, path, "features", segments, "train")?;
-    let (n_mels, frames) = train.dims();
-    for split in SPLITS.into_iter().filter(|&s| s != "train") {
-        let (m, f) = open_split(file, path, "features", segments, split)?.dims();
-        if (m, f) != (n_mels, frames) {
-            return Err(StageError::bad_file(
-                path,
-                format!(
-                    "tensor `{split}` has segments of {m} x {f}, the train split {n_mels} x {frames}"
-                ),
-            ));
-        }
-    }
-    Ok((train.values, n_mels, frames))
-}
-
-/// The fit set as the leakage audit reads it.
-fn fit_lineage(segments: &SegmentTable) -> serde_json::Value {
-    let train: Vec<_> = segments.of_split("train").collect();
-    let mut tracks: Vec<&str> = train.iter().map(|s| s.track.as_str()).collect();
-    tracks.sort_unstable();
-    tracks.dedup();
-    let ids: Vec<&str> = train.iter().map(|s| s.id.as_str()).collect();
-    serde_json::json!({
-        "split": "train",
-        "segments": train.len(),
-        "tracks": tracks,
-        "segment_ids_digest": blake3::hash(ids.join("\n").as_bytes()).to_hex().to_string(),
-    })
-}
-
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
-    let features_path = ctx.input("features")?;
+    let features_path = ctx.split_input(FEATURES, Split::Train)?;
     let segments: SegmentTable = genrelab_contract::read_json(ctx.input("segments")?, "segments")?;
     let features = TensorFile::open(features_path)?;
-    let (train, n_mels, frames) = check_features(&features, features_path, &segments)?;
+    let train = open_split(
+        &features,
+        features_path,
+        &Split::Train.artifact(FEATURES),
+        &segments,
+        Split::Train,
+    )?;
+    let (n_mels, frames) = train.dims();
+    let train = train.values;
 
     let n_train = train.rows();
     let fit_bar = ctx.progress(2 * n_train as u64, "fit");
@@ -299,29 +268,25 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     })?;
     fit_bar.finish_and_clear();
 
-    let scaler_path = ctx.output_path("scaler")?;
-    let shape = fitted.stat_shape();
-    let mut out = TensorWriter::create(
-        &scaler_path,
-        vec![
-            TensorSpec::new("mean", Dtype::F64, shape.clone()),
-            TensorSpec::new("std", Dtype::F64, shape),
-            TensorSpec::new("count", Dtype::U32, vec![1]),
-        ],
-    )?;
-    out.write_f64(&fitted.mean)?;
-    out.write_f64(&fitted.std)?;
     let count = u32::try_from(fitted.count).map_err(|_| {
         StageError::Invalid(format!(
             "{} train segments exceed the U32 count",
             fitted.count
         ))
     })?;
-    out.write_u32(&[count])?;
-    out.finish()?;
+    let stats = ScalerStats {
+        shape: fitted.stat_shape(),
+        mean: fitted.mean.clone(),
+        std: fitted.std.clone(),
+        count,
+    };
+    stats.write(&ctx.output_path("scaler")?)?;
 
-    let fit_set = fit_lineage(&segments);
-    let n_tracks = fit_set["tracks"].as_array().map_or(0, Vec::len);
+    let fit_set = segments.fit_record("scaler statistics", Split::Train);
+    let n_tracks = match &fit_set {
+        Record::Fit { tracks, .. } => tracks.len(),
+        _ => 0,
+    };
     let average = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let summary = format!(
         "scaler (per {}) fitted on {} train segments from {} tracks; mean {:.1} dB, std {:.1} dB on average",
@@ -332,15 +297,13 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         average(&fitted.std),
     );
     Ok(StageReport {
-        lineage: serde_json::json!({
-            "fit_set": fit_set,
-            "mode": params.mode.name(),
-        }),
+        lineage: Lineage::details(serde_json::json!({ "mode": params.mode.name() })).with(fit_set),
         summary: vec![summary],
     })
 }
 
-const NEEDS: &[Need] = &[Need::one("features"), Need::one("segments")];
+// Train rows only: the statistics cannot be fitted on what the engine never hands over.
+const NEEDS: &[Need] = &[Need::one("features@train"), Need::one("segments")];
 
 pub fn kind() -> Box<dyn StageKind> {
     Box::new(TypedStage::<Params> {

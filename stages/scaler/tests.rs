@@ -14,6 +14,8 @@ use rand_chacha::ChaCha20Rng;
 use super::*;
 use crate::common::scaled_reader::{ScaledFeatures, ScalerStats, BATCH_ROWS as READ_ROWS};
 use crate::common::tables::{Segment, SegmentTable};
+use crate::common::split_tensors::write_split;
+use crate::common::tables::SPLITS;
 use genrelab_contract::{local_inputs, write_canonical_json, StageContext};
 
 const MELS: usize = 4;
@@ -30,7 +32,7 @@ fn table(tracks: [usize; 3], per_track: u32) -> SegmentTable {
                 segments.push(Segment {
                     id: format!("{track}#{index}"),
                     track: track.clone(),
-                    split: split.to_string(),
+                    split: *split,
                     label,
                     index,
                     start: u64::from(index) * 100,
@@ -48,7 +50,7 @@ fn table(tracks: [usize; 3], per_track: u32) -> SegmentTable {
 }
 
 /// Random dB-like values (around -40, spread 12) for every segment of every split, in table order.
-fn random_values(table: &SegmentTable, seed: u64) -> BTreeMap<&'static str, Vec<f32>> {
+fn random_values(table: &SegmentTable, seed: u64) -> BTreeMap<Split, Vec<f32>> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     SPLITS
         .iter()
@@ -62,24 +64,23 @@ fn random_values(table: &SegmentTable, seed: u64) -> BTreeMap<&'static str, Vec<
         .collect()
 }
 
-fn write_features(path: &Path, table: &SegmentTable, values: &BTreeMap<&str, Vec<f32>>) {
-    let mut specs = Vec::new();
+/// Writes `features@<split>` for every split into `dir`.
+fn write_features(dir: &Path, table: &SegmentTable, values: &BTreeMap<Split, Vec<f32>>) {
     for split in SPLITS {
-        let n = values[split].len() / (MELS * FRAMES);
-        specs.push(TensorSpec::new(split, Dtype::F32, vec![n, MELS, FRAMES]));
-        specs.push(TensorSpec::new(
-            format!("{split}_labels"),
-            Dtype::U32,
-            vec![n],
-        ));
-    }
-    let mut w = TensorWriter::create(path, specs).unwrap();
-    for split in SPLITS {
-        w.write_f32(&values[split]).unwrap();
         let labels: Vec<u32> = table.of_split(split).map(|s| s.label).collect();
-        w.write_u32(&labels).unwrap();
+        let path = dir.join(split.artifact("features"));
+        write_split(&path, split, (MELS, FRAMES), &values[&split], &labels).unwrap();
     }
-    w.finish().unwrap();
+}
+
+/// A reader over every split's features in `dir` through the statistics at `scaler`.
+fn open_all(dir: &Path, scaler: &Path) -> ScaledFeatures {
+    let paths: Vec<(Split, PathBuf)> = SPLITS
+        .iter()
+        .map(|&s| (s, dir.join(s.artifact("features"))))
+        .collect();
+    let splits: Vec<(Split, &Path)> = paths.iter().map(|(s, p)| (*s, p.as_path())).collect();
+    ScaledFeatures::open(scaler, &splits).unwrap()
 }
 
 struct Fixture {
@@ -88,7 +89,7 @@ struct Fixture {
     table: SegmentTable,
     /// The segment table handed to the stage (normally equal to `table`).
     listed: SegmentTable,
-    values: BTreeMap<&'static str, Vec<f32>>,
+    values: BTreeMap<Split, Vec<f32>>,
 }
 
 impl Fixture {
@@ -110,13 +111,14 @@ impl Fixture {
         threads: usize,
         out: &str,
     ) -> Result<(StageReport, PathBuf), StageError> {
-        let features = self.dir.path().join("features");
         let segments = self.dir.path().join("segments");
-        write_features(&features, &self.table, &self.values);
+        write_features(self.dir.path(), &self.table, &self.values);
         write_canonical_json(&segments, &self.listed).unwrap();
         let out_dir = self.dir.path().join(out);
         std::fs::create_dir_all(&out_dir).unwrap();
-        let inputs = local_inputs([("features", features), ("segments", segments)]);
+        // What the kind declares: train rows only.
+        let train = self.dir.path().join("features@train");
+        let inputs = local_inputs([("features@train", train), ("segments", segments)]);
         let ctx = StageContext::new(
             "scaler",
             [0; 32],
@@ -169,7 +171,7 @@ fn fit_values(values: &[f32], mode: Mode) -> Fitted {
 fn cell_fit_matches_a_naive_two_pass_reference_exactly() {
     // 150 rows spans several batches, so batch boundaries are exercised.
     let fx = Fixture::new([50, 2, 2], 3, 1);
-    let train = &fx.values["train"];
+    let train = &fx.values[&Split::Train];
     let fitted = fit_values(train, Mode::Cell);
     let (mean, std) = naive_cell(train, 150, MELS * FRAMES);
     assert_eq!(fitted.count, 150);
@@ -214,7 +216,7 @@ fn wide_segments_split_over_many_workers_fit_identically() {
 #[test]
 fn band_fit_pools_all_frames_of_a_mel_band() {
     let fx = Fixture::new([20, 1, 1], 2, 2);
-    let train = &fx.values["train"];
+    let train = &fx.values[&Split::Train];
     let fitted = fit_values(train, Mode::Band);
     assert_eq!(fitted.stat_shape(), vec![MELS]);
     let n = train.len() / (MELS * FRAMES);
@@ -235,12 +237,12 @@ fn zero_variance_cells_get_unit_std_and_scale_to_zero() {
     let mut fx = Fixture::new([4, 1, 1], 2, 3);
     let cells = MELS * FRAMES;
     // Cell 5 constant at an awkward value across all train rows; every val row too.
-    for split in ["train", "val"] {
-        for row in fx.values.get_mut(split).unwrap().chunks_mut(cells) {
+    for split in [Split::Train, Split::Val] {
+        for row in fx.values.get_mut(&split).unwrap().chunks_mut(cells) {
             row[5] = -37.3;
         }
     }
-    let fitted = fit_values(&fx.values["train"], Mode::Cell);
+    let fitted = fit_values(&fx.values[&Split::Train], Mode::Cell);
     assert_eq!(fitted.mean[5], f64::from(-37.3f32));
     assert_eq!(fitted.std[5], 1.0);
     assert!(fitted
@@ -251,8 +253,8 @@ fn zero_variance_cells_get_unit_std_and_scale_to_zero() {
 
     let (_, out) = fx.run(&Params::default(), 1, "out").unwrap();
     let reader =
-        ScaledFeatures::open(&fx.dir.path().join("features"), &out.join("scaler")).unwrap();
-    let val = read_all(&reader, &fx.listed, "val");
+        open_all(fx.dir.path(), &out.join("scaler"));
+    let val = read_all(&reader, &fx.listed, Split::Val);
     assert!(val.chunks(cells).all(|row| row[5] == 0.0));
 }
 
@@ -260,7 +262,7 @@ fn zero_variance_cells_get_unit_std_and_scale_to_zero() {
 fn scaled_values_use_train_statistics_on_every_split() {
     let fx = Fixture::new([12, 3, 4], 2, 4);
     let (report, out) = fx.run(&Params::default(), 2, "out").unwrap();
-    let fitted = fit_values(&fx.values["train"], Mode::Cell);
+    let fitted = fit_values(&fx.values[&Split::Train], Mode::Cell);
 
     let stats = TensorFile::open(&out.join("scaler")).unwrap();
     let mean = stats.tensor("mean").unwrap();
@@ -270,11 +272,11 @@ fn scaled_values_use_train_statistics_on_every_split() {
     assert_eq!(stats.tensor("count").unwrap().to_u32(), vec![24]);
 
     let reader =
-        ScaledFeatures::open(&fx.dir.path().join("features"), &out.join("scaler")).unwrap();
+        open_all(fx.dir.path(), &out.join("scaler"));
     let cells = MELS * FRAMES;
     for split in SPLITS {
         let rows = reader.split(&fx.listed, split).unwrap();
-        let input = &fx.values[split];
+        let input = &fx.values[&split];
         assert_eq!(rows.rows(), input.len() / cells);
         assert_eq!(rows.dims(), (MELS, FRAMES));
         for (k, (&y, &x)) in read_all(&reader, &fx.listed, split)
@@ -290,7 +292,7 @@ fn scaled_values_use_train_statistics_on_every_split() {
         assert_eq!(rows.labels(), labels);
     }
     // Standardised train data: each cell has mean 0 and population std 1.
-    let train = read_all(&reader, &fx.listed, "train");
+    let train = read_all(&reader, &fx.listed, Split::Train);
     for c in 0..cells {
         let col: Vec<f64> = train.chunks(cells).map(|r| f64::from(r[c])).collect();
         let m = col.iter().sum::<f64>() / col.len() as f64;
@@ -333,20 +335,30 @@ fn lineage_names_the_exact_fit_set() {
     let fx = Fixture::new([3, 2, 1], 2, 6);
     let (report, _) = fx.run(&Params { mode: Mode::Band }, 1, "out").unwrap();
     let lineage = &report.lineage;
-    assert_eq!(lineage["mode"], "band");
-    assert_eq!(lineage["fit_set"]["split"], "train");
-    assert_eq!(lineage["fit_set"]["segments"], 6);
+    assert_eq!(lineage.details["mode"], "band");
+    let ids = [
+        "c0/train.000#0",
+        "c0/train.000#1",
+        "c1/train.001#0",
+        "c1/train.001#1",
+        "c2/train.002#0",
+        "c2/train.002#1",
+    ];
+    // The scaler applies its statistics to nothing itself: its one record is the fit.
     assert_eq!(
-        lineage["fit_set"]["tracks"],
-        serde_json::json!(["c0/train.000", "c1/train.001", "c2/train.002"])
+        lineage.records,
+        [Record::Fit {
+            what: "scaler statistics".into(),
+            split: Split::Train,
+            tracks: vec![
+                "c0/train.000".into(),
+                "c1/train.001".into(),
+                "c2/train.002".into()
+            ],
+            segments: 6,
+            segment_ids_digest: genrelab_contract::ids_digest(ids),
+        }]
     );
-    let ids = "c0/train.000#0\nc0/train.000#1\nc1/train.001#0\nc1/train.001#1\nc2/train.002#0\nc2/train.002#1";
-    assert_eq!(
-        lineage["fit_set"]["segment_ids_digest"],
-        blake3::hash(ids.as_bytes()).to_hex().to_string()
-    );
-    // The scaler applies its statistics to nothing itself: consumers record what they read.
-    assert!(lineage.get("applied_to").is_none());
     assert!(report.summary[0].contains("(per band)"));
 }
 
@@ -355,7 +367,7 @@ fn val_and_test_values_do_not_change_the_fit() {
     let fx = Fixture::new([5, 2, 2], 2, 7);
     let (_, a) = fx.run(&Params::default(), 1, "a").unwrap();
     let mut other = Fixture::new([5, 2, 2], 2, 8);
-    other.values.insert("train", fx.values["train"].clone());
+    other.values.insert(Split::Train, fx.values[&Split::Train].clone());
     let (_, b) = other.run(&Params::default(), 1, "b").unwrap();
     assert_eq!(
         std::fs::read(a.join("scaler")).unwrap(),
@@ -381,22 +393,19 @@ fn train_row_count_must_match_the_segment_table() {
 #[test]
 fn labels_must_match_the_segment_table() {
     let mut fx = Fixture::new([4, 2, 1], 2, 10);
+    // The features keep the original labels; the table handed to the stage says otherwise.
     let seg = fx
-        .table
+        .listed
         .segments
         .iter_mut()
-        .find(|s| s.split == "val")
+        .find(|s| s.split == Split::Train)
         .unwrap();
     seg.label = 2;
     let id = seg.id.clone();
-    // Tensors written with the original labels, checked against the altered table.
-    let features = fx.dir.path().join("features");
-    write_features(&features, &table([4, 2, 1], 2), &fx.values);
-    let file = TensorFile::open(&features).unwrap();
-    let err = match check_features(&file, &features, &fx.table) {
-        Ok(_) => panic!("mismatched labels were accepted"),
-        Err(e) => e.to_string(),
-    };
+    let err = fx
+        .run(&Params::default(), 1, "out")
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains(&format!("segment `{id}` label 0, the segment table 2")),
         "{err}"
@@ -430,7 +439,7 @@ fn params_default_to_cell_and_reject_unknown_keys() {
 }
 
 /// Every standardised value of `split`, row after row, read batch by batch.
-fn read_all(reader: &ScaledFeatures, table: &SegmentTable, split: &str) -> Vec<f32> {
+fn read_all(reader: &ScaledFeatures, table: &SegmentTable, split: Split) -> Vec<f32> {
     let rows = reader.split(table, split).unwrap();
     let mut out = Vec::new();
     for batch in rows.batches() {
@@ -467,7 +476,7 @@ fn stored_fit(path: &Path) -> Fitted {
 /// `scaled_reader`: the features file's layout, values `(x - mean) / std` in f64 rounded once to f32. The
 /// reference the reader must match bit for bit.
 fn write_scaled_copy(features: &Path, fitted: &Fitted, out: &Path) {
-    let file = TensorFile::open(features).unwrap();
+    std::fs::create_dir_all(out).unwrap();
     let cells = fitted.n_mels * fitted.frames;
     let (mean, std): (Vec<f64>, Vec<f64>) = (0..cells)
         .map(|c| {
@@ -475,50 +484,42 @@ fn write_scaled_copy(features: &Path, fitted: &Fitted, out: &Path) {
             (fitted.mean[k], fitted.std[k])
         })
         .unzip();
-    let specs = SPLITS
-        .iter()
-        .flat_map(|&split| {
-            let t = file.tensor(split).unwrap();
-            [
-                TensorSpec::new(split, Dtype::F32, t.shape.clone()),
-                TensorSpec::new(format!("{split}_labels"), Dtype::U32, vec![t.rows()]),
-            ]
-        })
-        .collect();
-    let mut w = TensorWriter::create(out, specs).unwrap();
     let mut row = Vec::new();
     for split in SPLITS {
-        let t = file.tensor(split).unwrap();
+        let name = split.artifact("features");
+        let file = TensorFile::open(&features.join(&name)).unwrap();
+        let t = file.tensor(split.name()).unwrap();
+        let mut scaled = Vec::new();
         for i in 0..t.rows() {
             t.row_f32_into(i, &mut row);
-            let scaled: Vec<f32> = row
-                .iter()
-                .zip(mean.iter().zip(&std))
-                .map(|(&x, (&m, &s))| ((f64::from(x) - m) / s) as f32)
-                .collect();
-            w.write_f32(&scaled).unwrap();
+            scaled.extend(
+                row.iter()
+                    .zip(mean.iter().zip(&std))
+                    .map(|(&x, (&m, &s))| ((f64::from(x) - m) / s) as f32),
+            );
         }
         let labels = file.tensor(&format!("{split}_labels")).unwrap().to_u32();
-        w.write_u32(&labels).unwrap();
+        let dims = (fitted.n_mels, fitted.frames);
+        write_split(&out.join(&name), split, dims, &scaled, &labels).unwrap();
     }
-    w.finish().unwrap();
 }
 
 /// A `scaler` artifact with the given statistics.
 fn write_stats(path: &Path, shape: Vec<usize>, mean: &[f64], std: &[f64]) {
-    let mut w = TensorWriter::create(
-        path,
-        vec![
-            TensorSpec::new("mean", Dtype::F64, shape.clone()),
-            TensorSpec::new("std", Dtype::F64, shape),
-            TensorSpec::new("count", Dtype::U32, vec![1]),
-        ],
-    )
-    .unwrap();
-    w.write_f64(mean).unwrap();
-    w.write_f64(std).unwrap();
-    w.write_u32(&[1]).unwrap();
-    w.finish().unwrap();
+    let stats = ScalerStats {
+        shape,
+        mean: mean.to_vec(),
+        std: std.to_vec(),
+        count: 1,
+    };
+    stats.write(path).unwrap();
+}
+
+/// One split's stored values in a per-split features folder.
+fn stored(dir: &Path, split: Split) -> (Vec<f32>, Vec<u32>) {
+    let file = TensorFile::open(&dir.join(split.artifact("features"))).unwrap();
+    let values = file.tensor(split.name()).unwrap().to_f32();
+    (values, file.tensor(&format!("{split}_labels")).unwrap().to_u32())
 }
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -529,18 +530,17 @@ fn bits(values: &[f32]) -> Vec<u32> {
 fn the_reader_gives_exactly_the_former_scaled_copy_on_every_split() {
     // 80, 70 and 66 rows: every split crosses a batch boundary.
     let fx = Fixture::new([40, 35, 33], 2, 13);
-    let features = fx.dir.path().join("features");
+    let features = fx.dir.path();
     for mode in [Mode::Cell, Mode::Band] {
         let (_, out) = fx.run(&Params { mode }, 2, mode.name()).unwrap();
         let fitted = stored_fit(&out.join("scaler"));
-        assert_eq!(fitted, fit_values(&fx.values["train"], mode));
+        assert_eq!(fitted, fit_values(&fx.values[&Split::Train], mode));
         let copy_path = out.join("scaled-copy");
-        write_scaled_copy(&features, &fitted, &copy_path);
-        let copy = TensorFile::open(&copy_path).unwrap();
+        write_scaled_copy(features, &fitted, &copy_path);
 
-        let reader = ScaledFeatures::open(&features, &out.join("scaler")).unwrap();
+        let reader = open_all(features, &out.join("scaler"));
         for split in SPLITS {
-            let expected = copy.tensor(split).unwrap().to_f32();
+            let (expected, labels) = stored(&copy_path, split);
             let streamed = read_all(&reader, &fx.listed, split);
             assert_eq!(bits(&streamed), bits(&expected), "{split} ({mode:?})");
 
@@ -558,7 +558,6 @@ fn the_reader_gives_exactly_the_former_scaled_copy_on_every_split() {
                 bits(&expected),
                 "{split} map_rows ({mode:?})"
             );
-            let labels = copy.tensor(&format!("{split}_labels")).unwrap().to_u32();
             assert_eq!(rows.labels(), labels);
         }
     }
@@ -567,7 +566,6 @@ fn the_reader_gives_exactly_the_former_scaled_copy_on_every_split() {
 #[test]
 fn the_reader_is_byte_identical_across_thread_counts() {
     let fx = Fixture::new([70, 40, 5], 2, 14);
-    let features = fx.dir.path().join("features");
     for mode in [Mode::Cell, Mode::Band] {
         let (_, out) = fx.run(&Params { mode }, 1, mode.name()).unwrap();
         let read_with = |threads: usize| -> Vec<u8> {
@@ -576,7 +574,7 @@ fn the_reader_is_byte_identical_across_thread_counts() {
                 .build()
                 .unwrap();
             pool.install(|| {
-                let reader = ScaledFeatures::open(&features, &out.join("scaler")).unwrap();
+                let reader = open_all(fx.dir.path(), &out.join("scaler"));
                 let mut bytes = Vec::new();
                 for split in SPLITS {
                     for v in read_all(&reader, &fx.listed, split) {
@@ -599,15 +597,16 @@ fn the_reader_is_byte_identical_across_thread_counts() {
 /// Runs the `baseline` stage kind on the given inputs; returns its summary, lineage and output bytes.
 fn run_baseline(
     dir: &Path,
-    features: PathBuf,
+    features: &Path,
     scaler: PathBuf,
     segments: PathBuf,
-) -> (Vec<String>, serde_json::Value, Vec<u8>) {
+) -> (Vec<String>, genrelab_contract::Lineage, Vec<u8>) {
     let stage = crate::baseline::kind();
     let params = stage.canonical_params(&serde_yaml::Value::Null).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let inputs = local_inputs([
-        ("features", features),
+        ("features@train", features.join("features@train")),
+        ("features@val", features.join("features@val")),
         ("scaler", scaler),
         ("segments", segments),
     ]);
@@ -629,10 +628,10 @@ fn run_baseline(
 fn the_baseline_reads_the_same_values_as_from_the_former_scaled_copy() {
     let fx = Fixture::new([40, 12, 6], 3, 15);
     let (_, out) = fx.run(&Params::default(), 2, "out").unwrap();
-    let features = fx.dir.path().join("features");
+    let features = fx.dir.path();
     let segments = fx.dir.path().join("segments");
     let copy = out.join("scaled-copy");
-    write_scaled_copy(&features, &stored_fit(&out.join("scaler")), &copy);
+    write_scaled_copy(features, &stored_fit(&out.join("scaler")), &copy);
     // The former path: the baseline read the scaled copy as it was. An identity scaler (mean 0, std 1) hands
     // the copy's values through unchanged, which the first assertion checks.
     let identity = out.join("identity");
@@ -643,14 +642,13 @@ fn the_baseline_reads_the_same_values_as_from_the_former_scaled_copy() {
         &vec![0.0; cells],
         &vec![1.0; cells],
     );
-    let through = ScaledFeatures::open(&copy, &identity).unwrap();
-    let copied = TensorFile::open(&copy).unwrap();
+    let through = open_all(&copy, &identity);
     for split in SPLITS {
-        let stored = copied.tensor(split).unwrap().to_f32();
-        assert_eq!(bits(&read_all(&through, &fx.listed, split)), bits(&stored));
+        let (values, _) = stored(&copy, split);
+        assert_eq!(bits(&read_all(&through, &fx.listed, split)), bits(&values));
     }
 
-    let former = run_baseline(&out.join("former"), copy, identity, segments.clone());
+    let former = run_baseline(&out.join("former"), &copy, identity, segments.clone());
     let now = run_baseline(&out.join("now"), features, out.join("scaler"), segments);
     assert_eq!(now.2, former.2, "baseline bytes differ");
     assert_eq!(now.1, former.1);
@@ -661,7 +659,6 @@ fn the_baseline_reads_the_same_values_as_from_the_former_scaled_copy() {
 fn the_reader_refuses_statistics_that_do_not_fit_or_are_damaged() {
     let fx = Fixture::new([3, 2, 1], 1, 16);
     let (_, out) = fx.run(&Params::default(), 1, "out").unwrap();
-    let features = fx.dir.path().join("features");
     let stats = out.join("odd");
     let cells = MELS * FRAMES;
 
@@ -671,8 +668,8 @@ fn the_reader_refuses_statistics_that_do_not_fit_or_are_damaged() {
         &vec![0.0; cells + MELS],
         &vec![1.0; cells + MELS],
     );
-    let reader = ScaledFeatures::open(&features, &stats).unwrap();
-    let err = match reader.split(&fx.listed, "val") {
+    let reader = open_all(fx.dir.path(), &stats);
+    let err = match reader.split(&fx.listed, Split::Val) {
         Ok(_) => panic!("statistics of another shape were accepted"),
         Err(e) => e.to_string(),
     };
@@ -684,7 +681,7 @@ fn the_reader_refuses_statistics_that_do_not_fit_or_are_damaged() {
     let mut std = vec![1.0; cells];
     std[3] = 0.0;
     write_stats(&stats, vec![MELS, FRAMES], &vec![0.0; cells], &std);
-    let err = ScaledFeatures::open(&features, &stats)
+    let err = ScaledFeatures::open(&stats, &[])
         .err()
         .unwrap()
         .to_string();
@@ -693,7 +690,7 @@ fn the_reader_refuses_statistics_that_do_not_fit_or_are_damaged() {
     let mut mean = vec![0.0; cells];
     mean[7] = f64::NAN;
     write_stats(&stats, vec![MELS, FRAMES], &mean, &vec![1.0; cells]);
-    let err = ScaledFeatures::open(&features, &stats)
+    let err = ScaledFeatures::open(&stats, &[])
         .err()
         .unwrap()
         .to_string();

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::common::count;
 use crate::common::tables::{Segment, SegmentTable, ShortTrack, SplitTable, TrackTable, SPLITS};
 use genrelab_contract::{
-    read_json, write_canonical_json, Determinism, Need, ParamProblem, StageContext, StageError,
-    StageKind, StageParams, StageReport, TypedStage,
+    read_json, write_canonical_json, Determinism, Lineage, Need, ParamProblem, Record, Split,
+    StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
 };
 
 /// Params of `slice`.
@@ -122,7 +122,7 @@ pub fn slice(
             segments.extend((0..n).map(|index| Segment {
                 id: format!("{id}#{index}"),
                 track: id.clone(),
-                split: name.to_string(),
+                split: name,
                 label: track.label,
                 index,
                 start: u64::from(index) * params.segment_samples,
@@ -140,11 +140,11 @@ pub fn slice(
 }
 
 fn report(split: &SplitTable, table: &SegmentTable) -> StageReport {
-    let per_split: BTreeMap<&str, usize> = SPLITS
+    let per_split: BTreeMap<Split, usize> = SPLITS
         .iter()
-        .map(|s| (*s, table.of_split(s).count()))
+        .map(|&s| (s, table.of_split(s).count()))
         .collect();
-    let n_tracks: usize = SPLITS.iter().map(|s| split.ids(s).len()).sum();
+    let n_tracks: usize = SPLITS.iter().map(|&s| split.ids(s).len()).sum();
     let seconds = table.segment_samples as f64 / f64::from(table.sample_rate.max(1));
     let n_short = table.short_tracks.len();
     let mut summary = vec![format!(
@@ -174,7 +174,17 @@ fn report(split: &SplitTable, table: &SegmentTable) -> StageReport {
         ));
     }
     StageReport {
-        lineage: serde_json::json!({ "segments": per_split, "short_tracks": n_short }),
+        lineage: Lineage {
+            records: SPLITS
+                .iter()
+                .map(|&s| Record::Segments {
+                    split: s,
+                    segments: per_split[&s],
+                    tracks: table.of_split(s).filter(|seg| seg.index == 0).count(),
+                })
+                .collect(),
+            details: serde_json::json!({ "short_tracks": n_short }),
+        },
         summary,
     }
 }

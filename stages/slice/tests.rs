@@ -49,7 +49,7 @@ fn segments_follow_split_then_track_order_and_never_pad() {
     assert_eq!(t.segments[9].start, 9 * 65488);
     assert_eq!(t.segments[10].track, "jazz/jazz.00000");
     assert_eq!(t.segments[10].label, 1);
-    assert_eq!(t.segments[20].split, "val");
+    assert_eq!(t.segments[20].split, Split::Val);
     assert!(t.segments.iter().all(|s| s.start + 65488 <= 661794));
     assert!(
         !t.segments.iter().any(|s| s.track == "jazz/jazz.00002"),
@@ -75,7 +75,7 @@ fn three_second_segments_make_gtzan_short_tracks_yield_nine() {
         .collect();
     // 660000 < 10 * 66150 = 661500: only 9 full segments.
     assert_eq!(short, [("blues/blues.00001", 9), ("jazz/jazz.00001", 0)]);
-    assert_eq!(t.of_split("val").count(), 9);
+    assert_eq!(t.of_split(Split::Val).count(), 9);
 }
 
 #[test]
@@ -110,8 +110,15 @@ fn stage_writes_deterministic_table_and_reports() {
             "{:?}",
             report.summary
         );
-        assert_eq!(report.lineage["segments"]["train"], 20);
-        assert_eq!(report.lineage["short_tracks"], 1);
+        assert_eq!(
+            report.lineage.records[0],
+            Record::Segments {
+                split: Split::Train,
+                segments: 20,
+                tracks: 2
+            }
+        );
+        assert_eq!(report.lineage.details["short_tracks"], 1);
         bytes.push(std::fs::read(ctx.output_path("segments").unwrap()).unwrap());
     }
     assert_eq!(bytes[0], bytes[1]);

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use crate::common::count;
 use crate::common::tables::{SplitTable, Track, TrackTable, SPLITS};
 use genrelab_contract::{
-    read_json, write_canonical_json, Determinism, Need, ParamFile, ParamProblem, StageContext,
-    StageError, StageKind, StageParams, StageReport, TypedStage,
+    read_json, write_canonical_json, Determinism, Lineage, Need, ParamFile, ParamProblem, Record,
+    StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
 };
 
 /// Params of `split`.
@@ -442,9 +442,9 @@ fn report(
                 *per_class.entry(class).or_default() += 1;
             }
         }
-        counts.insert(split.into(), serde_json::json!(per_class));
+        counts.insert(split.to_string(), serde_json::json!(per_class));
     }
-    let mut lineage = serde_json::json!({
+    let mut details = serde_json::json!({
         "method": table.method,
         "counts": counts,
         "duplicate_groups": table.duplicate_groups.len(),
@@ -467,7 +467,7 @@ fn report(
         count(table.test.len(), "track", "tracks")
     );
     if params.lists.is_some() {
-        lineage["excluded"] = serde_json::json!(excluded);
+        details["excluded"] = serde_json::json!(excluded);
         line.push_str(&format!(
             "; {} in no list excluded",
             count(excluded, "track", "tracks")
@@ -480,8 +480,15 @@ fn report(
             count(n, "duplicate group", "duplicate groups")
         ));
     }
+    let records = SPLITS
+        .iter()
+        .map(|&split| Record::SplitTracks {
+            split,
+            tracks: table.ids(split).to_vec(),
+        })
+        .collect();
     StageReport {
-        lineage,
+        lineage: Lineage { records, details },
         summary: vec![line],
     }
 }

@@ -63,8 +63,8 @@ fn run_bytes(dir: &Path, tracks: &TrackTable, seed: u8, params: &Params) -> (Vec
 fn split_of(table: &SplitTable, id: &str) -> Vec<&'static str> {
     SPLITS
         .iter()
-        .copied()
-        .filter(|s| table.ids(s).iter().any(|x| x == id))
+        .filter(|&&s| table.ids(s).iter().any(|x| x == id))
+        .map(|s| s.name())
         .collect()
 }
 
@@ -133,8 +133,8 @@ fn same_seed_same_bytes_and_input_order_does_not_matter() {
         report.summary[0],
         "split (random, 60/20/20): train 18, val 6, test 6 tracks; 1 duplicate group kept together"
     );
-    assert_eq!(report.lineage["counts"]["val"]["jazz"], 2);
-    assert_eq!(report.lineage["duplicate_groups"], 1);
+    assert_eq!(report.lineage.details["counts"]["val"]["jazz"], 2);
+    assert_eq!(report.lineage.details["duplicate_groups"], 1);
 }
 
 fn mkdirs(dir: &Path) -> PathBuf {
@@ -223,7 +223,7 @@ fn lists_mode_normalises_names_and_excludes_the_rest() {
     );
     assert_eq!(t.val, ["rock/rock.00001"]);
     assert_eq!(t.test, ["rock/rock.00002"]);
-    assert_eq!(report.lineage["excluded"], 4);
+    assert_eq!(report.lineage.details["excluded"], 4);
     assert!(
         report.summary[0].contains("4 tracks in no list excluded"),
         "{:?}",

@@ -1,6 +1,8 @@
 //! Toy stage kinds that exercise the engine without audio: a source, a dataset scanner and a mapper that
 //! can be slowed down or made to fail. Built only with the `toy-stages` feature (the tests and `make bench`).
 
+mod splits;
+
 use std::io::Write;
 use std::time::Duration;
 
@@ -8,7 +10,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use genrelab_contract::{
-    Determinism, Need, StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
+    Determinism, Lineage, Need, StageContext, StageError, StageKind, StageParams, StageReport,
+    TypedStage,
 };
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -54,7 +57,7 @@ fn source(params: &SourceParams, ctx: &StageContext) -> Result<StageReport, Stag
     let bytes: Vec<u8> = params.value.bytes().cycle().take(params.size).collect();
     std::fs::write(&path, bytes).map_err(|e| StageError::io(&path, e))?;
     Ok(StageReport {
-        lineage: serde_json::json!({"size": params.size}),
+        lineage: Lineage::details(serde_json::json!({"size": params.size})),
         summary: vec![format!("wrote {} bytes", params.size)],
     })
 }
@@ -69,7 +72,7 @@ fn scan(_params: &ScanParams, ctx: &StageContext) -> Result<StageReport, StageEr
     let path = ctx.output_path("data")?;
     std::fs::write(&path, listing.join("\n")).map_err(|e| StageError::io(&path, e))?;
     Ok(StageReport {
-        lineage: serde_json::json!({"files": dataset.files.len()}),
+        lineage: Lineage::details(serde_json::json!({"files": dataset.files.len()})),
         summary: vec![format!("listed {} files", dataset.files.len())],
     })
 }
@@ -110,7 +113,9 @@ fn map(params: &MapParams, ctx: &StageContext) -> Result<StageReport, StageError
     file.write_all(second.as_bytes())
         .map_err(|e| StageError::io(&path, e))?;
     Ok(StageReport {
-        lineage: serde_json::json!({"inputs": ctx.inputs("data").iter().map(|i| i.stage.clone()).collect::<Vec<_>>()}),
+        lineage: Lineage::details(
+            serde_json::json!({"inputs": ctx.inputs("data").iter().map(|i| i.stage.clone()).collect::<Vec<_>>()}),
+        ),
         summary: Vec::new(),
     })
 }
@@ -245,7 +250,7 @@ fn count(params: &CountParams, ctx: &StageContext) -> Result<StageReport, StageE
     let path = ctx.output_path("data")?;
     std::fs::write(&path, format!("{value}\n")).map_err(|e| StageError::io(&path, e))?;
     Ok(StageReport {
-        lineage: serde_json::Value::Null,
+        lineage: Lineage::default(),
         summary: vec![format!("{} steps", params.steps)],
     })
 }
@@ -255,7 +260,7 @@ const TREE_NEEDS: &[Need] = &[Need::one("tree")];
 const MAP_NEEDS: &[Need] = &[Need::many("data")];
 
 pub fn kinds() -> Vec<Box<dyn StageKind>> {
-    vec![
+    let mut kinds: Vec<Box<dyn StageKind>> = vec![
         Box::new(TypedStage::<SourceParams> {
             kind: "toy_source",
             about: "writes `size` bytes of `value` (engine tests)",
@@ -319,5 +324,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
             determinism: Determinism::Tolerance,
             run: jitter,
         }),
-    ]
+    ];
+    kinds.extend(splits::kinds());
+    kinds
 }
