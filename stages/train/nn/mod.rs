@@ -1,4 +1,11 @@
 //! Layers with Keras semantics and the kernels under them, each checked against finite differences.
 
 pub mod conv;
+pub mod layers;
 pub mod loss;
+pub mod params;
+
+#[cfg(test)]
+pub(crate) mod gradcheck;
+#[cfg(test)]
+mod tests;

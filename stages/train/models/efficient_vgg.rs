@@ -1,0 +1,99 @@
+//! Efficient_VGG: three blocks of [conv 3x3 -> BN -> ReLU -> max pool -> SE] with 16, 32 and 64 filters, then
+//! global average pool -> dense 128 (ReLU) -> dropout 0.5 -> dense to the classes.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use super::{check_input, split_mode, ModelSpec, Tally};
+use crate::stages::train::classifier::{Classifier, Mode};
+use crate::stages::train::nn::layers::{
+    global_avg_pool, max_pool_2x2, BatchNorm, Conv2d, Dense, Dropout, SqueezeExcite,
+};
+use crate::stages::train::nn::params::{ParamStore, Weights};
+
+const FILTERS: [usize; 3] = [16, 32, 64];
+const HIDDEN: usize = 128;
+const DROPOUT: f64 = 0.5;
+
+struct Block {
+    conv: Conv2d,
+    bn: BatchNorm,
+    se: SqueezeExcite,
+}
+
+pub struct EfficientVgg {
+    blocks: Vec<Block>,
+    hidden: Dense,
+    dropout: Dropout,
+    logits: Dense,
+    dtype: DType,
+    weights: Weights,
+}
+
+impl EfficientVgg {
+    pub fn new(spec: &ModelSpec, seed: [u8; 32], dtype: DType, device: &Device) -> Result<Self> {
+        let mut p = ParamStore::new(seed, dtype, device);
+        let mut blocks = Vec::new();
+        let mut c_in = 1;
+        for (i, filters) in FILTERS.iter().enumerate() {
+            let c = spec.scaled(*filters);
+            let name = format!("block{}", i + 1);
+            blocks.push(Block {
+                conv: Conv2d::new(&mut p, &format!("{name}.conv"), c_in, c, 3, 1)?,
+                bn: BatchNorm::new(&mut p, &format!("{name}.bn"), c)?,
+                se: SqueezeExcite::new(&mut p, &format!("{name}.se"), c)?,
+            });
+            c_in = c;
+        }
+        let hidden_units = spec.scaled(HIDDEN);
+        let hidden = Dense::new(&mut p, "hidden", c_in, hidden_units)?;
+        let logits = Dense::new(&mut p, "logits", hidden_units, spec.classes)?;
+        Ok(Self {
+            blocks,
+            hidden,
+            dropout: Dropout::new(DROPOUT)?,
+            logits,
+            dtype,
+            weights: p.finish(),
+        })
+    }
+}
+
+pub(super) fn tally(spec: &ModelSpec, t: &mut Tally) {
+    let mut c_in = 1;
+    for filters in FILTERS {
+        let c = spec.scaled(filters);
+        t.conv(c_in, c, 3, 1);
+        t.batch_norm(c);
+        t.pool();
+        t.squeeze_excite(c);
+        c_in = c;
+    }
+    let hidden = spec.scaled(HIDDEN);
+    t.dense(c_in, hidden);
+    t.dense(hidden, spec.classes);
+}
+
+impl Classifier for EfficientVgg {
+    fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        check_input(x, self.dtype)?;
+        let (train, rng) = split_mode(mode);
+        let mut x = x.clone();
+        for b in &self.blocks {
+            x = b.conv.forward(&x)?;
+            x = b.bn.forward(&x, train)?.relu()?;
+            x = max_pool_2x2(&x)?;
+            x = b.se.forward(&x)?;
+        }
+        let x = self.hidden.forward(&global_avg_pool(&x)?)?.relu()?;
+        let x = self.dropout.forward(&x, rng)?;
+        self.logits.forward(&x)
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        self.weights.trainable.clone()
+    }
+
+    fn state(&self) -> Vec<(String, Var)> {
+        self.weights.state.clone()
+    }
+}
