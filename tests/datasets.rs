@@ -256,11 +256,20 @@ fn a_stage_reads_several_datasets_each_by_its_name() {
     let run = p.run(&["run"]);
     assert_eq!(run.code, 0, "{}", run.all());
     let lock = p.lock_yaml();
-    let digest = |name: &str| lock["datasets"][name]["digest"].as_str().unwrap().to_string();
+    let digest = |name: &str| {
+        lock["datasets"][name]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     let output = lock["stages"]["both"]["outputs"]["data"].as_str().unwrap();
     let listing = std::fs::read_to_string(p.object_path(output)).unwrap();
     assert_eq!(
         listing,
-        format!("gtzan 1 {}\ntransfer 1 {}", digest("gtzan"), digest("transfer"))
+        format!(
+            "gtzan 1 {}\ntransfer 1 {}",
+            digest("gtzan"),
+            digest("transfer")
+        )
     );
 }

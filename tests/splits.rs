@@ -47,7 +47,10 @@ fn a_stage_is_handed_only_the_splits_it_declares_and_the_engine_records_them() {
         .collect();
     handed.sort();
     assert_eq!(handed, ["rows@train", "rows@val"], "{}", p.lock());
-    assert!(p.run(&["lineage", "reader"]).stdout.contains("reads splits train, val"));
+    assert!(p
+        .run(&["lineage", "reader"])
+        .stdout
+        .contains("reads splits train, val"));
 }
 
 #[test]
@@ -71,7 +74,8 @@ fn a_record_about_a_split_never_handed_over_fails_the_run() {
     let run = p.run(&["run"]);
     assert_ne!(run.code, 0);
     assert!(
-        run.all().contains("stage `reader` (toy_split_reader): its lineage records")
+        run.all()
+            .contains("stage `reader` (toy_split_reader): its lineage records")
             && run.all().contains("but it was handed no `test` artifact"),
         "{}",
         run.all()

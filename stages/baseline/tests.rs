@@ -189,7 +189,10 @@ fn constructed_case_gives_the_known_confusion() {
     match &report.lineage.records[0] {
         Record::Fit {
             tracks, segments, ..
-        } => assert_eq!((tracks.as_slice(), *segments), (&["c0/t0".to_string(), "c1/t1".into()][..], 4)),
+        } => assert_eq!(
+            (tracks.as_slice(), *segments),
+            (&["c0/t0".to_string(), "c1/t1".into()][..], 4)
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -274,7 +277,11 @@ fn test_split_values_never_reach_the_output() {
     assert_eq!(r1.lineage, r2.lineage);
     // The same change on val does change the output, so the comparison above can fail.
     let mut val_changed = separated(3, 3, 6.0);
-    for s in val_changed.segs.iter_mut().filter(|s| s.split == Split::Val) {
+    for s in val_changed
+        .segs
+        .iter_mut()
+        .filter(|s| s.split == Split::Val)
+    {
         s.values.iter_mut().for_each(|v| *v = -*v);
     }
     assert_ne!(before, val_changed.run(1).unwrap().1);

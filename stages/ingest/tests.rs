@@ -268,7 +268,13 @@ fn kaggle_layout_tracks_labels_and_quarantine() {
         o.report.lineage.details["classes"],
         serde_json::json!({"blues": 3, "jazz": 2, "rock": 2})
     );
-    assert_eq!(o.report.lineage.details["quarantined"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        o.report.lineage.details["quarantined"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
     assert_eq!(
         o.report.summary[0],
         "7 tracks in 3 classes at 22050 Hz (layout: genres_original)"
@@ -578,7 +584,10 @@ fn many_non_audio_files_are_summarised_not_listed() {
     let o = ingest(&c, &small(), 1).unwrap();
     assert_eq!(o.quarantine.files.len(), 13);
     assert_eq!(
-        o.report.lineage.details["quarantined"].as_array().unwrap().len(),
+        o.report.lineage.details["quarantined"]
+            .as_array()
+            .unwrap()
+            .len(),
         13
     );
     assert!(!o.report.summary.iter().any(|l| l.contains(".png:")));
@@ -727,7 +736,10 @@ fn a_wav_whose_riff_size_lies_is_a_track_with_a_warning() {
         "{:?}",
         o.report.summary
     );
-    assert_eq!(o.report.lineage.details["warned"], serde_json::json!(["b/odd.wav"]));
+    assert_eq!(
+        o.report.lineage.details["warned"],
+        serde_json::json!(["b/odd.wav"])
+    );
     // The clean tracks' records carry no `warnings` key: their bytes are what they were before it existed.
     let text = String::from_utf8(o.tracks_bytes).unwrap();
     assert_eq!(text.matches("warnings").count(), 1, "{text}");

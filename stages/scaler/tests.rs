@@ -13,9 +13,9 @@ use rand_chacha::ChaCha20Rng;
 
 use super::*;
 use crate::common::scaled_reader::{ScaledFeatures, ScalerStats, BATCH_ROWS as READ_ROWS};
-use crate::common::tables::{Segment, SegmentTable};
 use crate::common::split_tensors::write_split;
 use crate::common::tables::SPLITS;
+use crate::common::tables::{Segment, SegmentTable};
 use genrelab_contract::{local_inputs, write_canonical_json, StageContext};
 
 const MELS: usize = 4;
@@ -252,8 +252,7 @@ fn zero_variance_cells_get_unit_std_and_scale_to_zero() {
         .all(|(c, &s)| c == 5 || s != 1.0));
 
     let (_, out) = fx.run(&Params::default(), 1, "out").unwrap();
-    let reader =
-        open_all(fx.dir.path(), &out.join("scaler"));
+    let reader = open_all(fx.dir.path(), &out.join("scaler"));
     let val = read_all(&reader, &fx.listed, Split::Val);
     assert!(val.chunks(cells).all(|row| row[5] == 0.0));
 }
@@ -271,8 +270,7 @@ fn scaled_values_use_train_statistics_on_every_split() {
     assert_eq!(stats.tensor("std").unwrap().to_f64(), fitted.std);
     assert_eq!(stats.tensor("count").unwrap().to_u32(), vec![24]);
 
-    let reader =
-        open_all(fx.dir.path(), &out.join("scaler"));
+    let reader = open_all(fx.dir.path(), &out.join("scaler"));
     let cells = MELS * FRAMES;
     for split in SPLITS {
         let rows = reader.split(&fx.listed, split).unwrap();
@@ -367,7 +365,9 @@ fn val_and_test_values_do_not_change_the_fit() {
     let fx = Fixture::new([5, 2, 2], 2, 7);
     let (_, a) = fx.run(&Params::default(), 1, "a").unwrap();
     let mut other = Fixture::new([5, 2, 2], 2, 8);
-    other.values.insert(Split::Train, fx.values[&Split::Train].clone());
+    other
+        .values
+        .insert(Split::Train, fx.values[&Split::Train].clone());
     let (_, b) = other.run(&Params::default(), 1, "b").unwrap();
     assert_eq!(
         std::fs::read(a.join("scaler")).unwrap(),
@@ -519,7 +519,10 @@ fn write_stats(path: &Path, shape: Vec<usize>, mean: &[f64], std: &[f64]) {
 fn stored(dir: &Path, split: Split) -> (Vec<f32>, Vec<u32>) {
     let file = TensorFile::open(&dir.join(split.artifact("features"))).unwrap();
     let values = file.tensor(split.name()).unwrap().to_f32();
-    (values, file.tensor(&format!("{split}_labels")).unwrap().to_u32())
+    (
+        values,
+        file.tensor(&format!("{split}_labels")).unwrap().to_u32(),
+    )
 }
 
 fn bits(values: &[f32]) -> Vec<u32> {
@@ -681,18 +684,12 @@ fn the_reader_refuses_statistics_that_do_not_fit_or_are_damaged() {
     let mut std = vec![1.0; cells];
     std[3] = 0.0;
     write_stats(&stats, vec![MELS, FRAMES], &vec![0.0; cells], &std);
-    let err = ScaledFeatures::open(&stats, &[])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = ScaledFeatures::open(&stats, &[]).err().unwrap().to_string();
     assert!(err.contains("std 3 is 0, not a positive number"), "{err}");
 
     let mut mean = vec![0.0; cells];
     mean[7] = f64::NAN;
     write_stats(&stats, vec![MELS, FRAMES], &mean, &vec![1.0; cells]);
-    let err = ScaledFeatures::open(&stats, &[])
-        .err()
-        .unwrap()
-        .to_string();
+    let err = ScaledFeatures::open(&stats, &[]).err().unwrap().to_string();
     assert!(err.contains("mean 7 is NaN, not a finite number"), "{err}");
 }

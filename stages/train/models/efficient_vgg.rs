@@ -4,11 +4,11 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::{check_input, split_mode, ModelSpec, Tally};
-use crate::stages::train::classifier::{Classifier, Mode};
-use crate::stages::train::nn::layers::{
+use crate::train::classifier::{Classifier, Mode};
+use crate::train::nn::layers::{
     global_avg_pool, max_pool_2x2, BatchNorm, Conv2d, Dense, Dropout, SqueezeExcite,
 };
-use crate::stages::train::nn::params::{ParamStore, Weights};
+use crate::train::nn::params::{ParamStore, Weights};
 
 const FILTERS: [usize; 3] = [16, 32, 64];
 const HIDDEN: usize = 128;

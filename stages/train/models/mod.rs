@@ -13,8 +13,8 @@ use candle_core::{bail, DType, Device, Result};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::stages::train::classifier::{Classifier, Mode};
-use crate::stages::train::nn::layers::{same_output, se_hidden};
+use crate::train::classifier::{Classifier, Mode};
+use crate::train::nn::layers::{same_output, se_hidden};
 
 pub use efficient_vgg::EfficientVgg;
 pub use res_se::ResSe;

@@ -4,11 +4,11 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::{check_input, split_mode, ModelSpec, Tally};
-use crate::stages::train::classifier::{Classifier, Mode};
-use crate::stages::train::nn::layers::{
+use crate::train::classifier::{Classifier, Mode};
+use crate::train::nn::layers::{
     global_avg_pool, BatchNorm, Conv2d, Dense, Dropout, PRelu, SqueezeExcite,
 };
-use crate::stages::train::nn::params::{ParamStore, Weights};
+use crate::train::nn::params::{ParamStore, Weights};
 
 const STEM: usize = 32;
 const BLOCKS: [(usize, usize); 3] = [(64, 2), (128, 2), (256, 2)];

@@ -4,9 +4,9 @@ use rand_chacha::ChaCha20Rng;
 
 use super::res_se::ResBlock;
 use super::*;
-use crate::stages::train::nn::gradcheck::{assert_gradients, project, uniform, uniform_var};
-use crate::stages::train::nn::loss::softmax_cross_entropy;
-use crate::stages::train::nn::params::ParamStore;
+use crate::train::nn::gradcheck::{assert_gradients, project, uniform, uniform_var};
+use crate::train::nn::loss::softmax_cross_entropy;
+use crate::train::nn::params::ParamStore;
 
 const ALL: [Architecture; 4] = [
     Architecture::EfficientVgg,

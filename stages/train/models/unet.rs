@@ -7,11 +7,11 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::{check_input, split_mode, Architecture, ModelSpec, Tally};
-use crate::stages::train::classifier::{Classifier, Mode};
-use crate::stages::train::nn::layers::{
+use crate::train::classifier::{Classifier, Mode};
+use crate::train::nn::layers::{
     global_avg_pool, max_pool_2x2, BatchNorm, Conv2d, Dense, Dropout, PRelu,
 };
-use crate::stages::train::nn::params::{ParamStore, Weights};
+use crate::train::nn::params::{ParamStore, Weights};
 
 const DROPOUT: f64 = 0.5;
 
