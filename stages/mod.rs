@@ -10,6 +10,7 @@ pub mod scaler;
 pub mod slice;
 pub mod split;
 pub mod synth;
+pub mod tournament;
 #[cfg(feature = "toy-stages")]
 pub mod toy;
 pub mod train;
@@ -26,6 +27,8 @@ pub fn registry() -> Vec<Box<dyn StageKind>> {
         features::kind(),
         scaler::kind(),
         baseline::kind(),
+        train::kind(),
+        tournament::kind(),
     ];
     #[cfg(feature = "toy-stages")]
     kinds.extend(toy::kinds());

@@ -60,7 +60,9 @@ pub enum Record {
         split: Split,
         segments: usize,
     },
-    /// A choice (early stopping's best epoch, the tournament's champion) was made by scores on `by`.
+    /// A choice (early stopping's best epoch, the tournament's champion) was made by scores on `by`. The
+    /// scores may come from upstream artifacts (the tournament ranks model cards' val scores), so this record
+    /// requires no read of `by` itself; the [`Record::Scored`] records that produced them do.
     Selected {
         what: String,
         by: Split,
@@ -73,9 +75,8 @@ impl Record {
     /// records that describe the stage's own outputs (the split it made, the segments it cut).
     pub fn requires(&self) -> Option<Split> {
         match self {
-            Record::SplitTracks { .. } | Record::Segments { .. } => None,
+            Record::SplitTracks { .. } | Record::Segments { .. } | Record::Selected { .. } => None,
             Record::Fit { split, .. } | Record::Scored { split, .. } => Some(*split),
-            Record::Selected { by, .. } => Some(*by),
         }
     }
 }

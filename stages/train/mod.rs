@@ -6,9 +6,13 @@
 pub mod augment;
 pub mod batches;
 pub mod classifier;
+pub mod data;
 pub mod fit;
 pub mod metrics;
 pub mod models;
 pub mod nn;
 pub mod optim;
 pub mod schedule;
+pub mod stage;
+
+pub use stage::kind;

@@ -1,0 +1,307 @@
+//! Stage `tournament`: the champion among the trained models, chosen on validation alone, then every model
+//! scored on test once, after the choice.
+//!
+//! Inputs: every `model/` folder of the `train` family (many), `features@test` through the `scaler`,
+//! `segments` and `tracks`. Output `tournament/`: `leaderboard.csv` and `leaderboard.json` (every member,
+//! val and test, segment and track level, parameters and multiply-adds), `ablation.csv` (each
+//! architecture's test accuracy with and without SpecAugment, and the difference) and `champion.json`
+//! (the champion's full test evaluation: per-class scores and the confusion matrix).
+//!
+//! The order is the point: the champion is fixed from the model cards' validation scores before a single
+//! test row is decoded, and the lineage records both the selection (by val) and the one read of test.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use genrelab_contract::{
+    read_json, write_canonical_json, Determinism, Lineage, Need, Record, Split, StageContext,
+    StageError, StageKind, StageParams, StageReport, TypedStage,
+};
+
+use crate::common::scaled_reader::ScaledFeatures;
+use crate::common::tables::{SegmentTable, TrackTable};
+use crate::train::data::LoadedSplit;
+use crate::train::fit;
+use crate::train::metrics::{self, Evaluation};
+use crate::train::models::{self, Architecture};
+use crate::train::stage::{candle_device, candle_error, ModelCard};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Params {}
+
+impl StageParams for Params {}
+
+/// One member's row of the leaderboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub member: String,
+    pub arch: Architecture,
+    pub width: f64,
+    pub augment: bool,
+    pub trainable_parameters: usize,
+    pub multiply_adds_per_segment: u64,
+    pub best_epoch: usize,
+    pub val_segment_accuracy: f64,
+    pub val_track_accuracy: f64,
+    pub test_segment_accuracy: f64,
+    pub test_segment_macro_f1: f64,
+    pub test_track_accuracy: f64,
+    pub test_track_vote_accuracy: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Leaderboard {
+    /// Chosen on validation: highest val segment accuracy, then val track accuracy, then input order.
+    pub champion: String,
+    /// Sorted by the same rule as the choice.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Champion {
+    pub member: String,
+    pub classes: Vec<String>,
+    pub test: Evaluation,
+}
+
+/// The rule the champion is chosen by, on validation scores only.
+fn val_order(a: &(usize, &ModelCard), b: &(usize, &ModelCard)) -> std::cmp::Ordering {
+    let key = |c: &ModelCard| (c.val.segment.accuracy, c.val.track_mean.accuracy);
+    key(b.1)
+        .partial_cmp(&key(a.1))
+        .unwrap_or(std::cmp::Ordering::Equal)
+        .then(a.0.cmp(&b.0))
+}
+
+fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
+    let device = candle_device(ctx.exec().device)?;
+    let models = ctx.inputs("model");
+    if models.is_empty() {
+        return Err(StageError::bad_input(
+            "model",
+            "no trained model among the inputs",
+        ));
+    }
+    let mut cards = Vec::new();
+    for input in models {
+        let card: ModelCard = read_json(&input.path.join("model.json"), "model")?;
+        cards.push(card);
+    }
+    // Selection first, from validation alone: test is not open yet.
+    let mut order: Vec<(usize, &ModelCard)> = cards.iter().enumerate().collect();
+    order.sort_by(val_order);
+    let champion = models[order[0].0].stage.clone();
+
+    let segments: SegmentTable = read_json(ctx.input("segments")?, "segments")?;
+    let tracks: TrackTable = read_json(ctx.input("tracks")?, "tracks")?;
+    let features = ScaledFeatures::from_inputs(ctx, &[Split::Test])?;
+    let test = LoadedSplit::load(&features, &segments, Split::Test)?;
+    let mut entries = Vec::new();
+    let mut champion_eval = None;
+    for &(i, card) in &order {
+        ctx.stop_if_cancelled()?;
+        let input = &models[i];
+        if card.classes != tracks.classes {
+            return Err(StageError::bad_input(
+                "model",
+                format!(
+                    "`{}` was trained on other classes than the track table's",
+                    input.stage
+                ),
+            ));
+        }
+        let model = models::build(&card.spec, [0; 32], candle_core::DType::F32, &device)
+            .map_err(candle_error("building the model"))?;
+        fit::load_state(model.as_ref(), &input.path.join("weights.safetensors"))
+            .map_err(candle_error(&input.stage))?;
+        let probs = fit::predict(model.as_ref(), &test.as_set(), card.params.batch_size)
+            .map_err(candle_error("test"))?;
+        let eval = metrics::evaluate(&probs, card.spec.classes, &test.labels, &test.tracks)
+            .map_err(|e| StageError::Invalid(format!("test metrics: {e}")))?;
+        entries.push(Entry {
+            member: input.stage.clone(),
+            arch: card.spec.arch,
+            width: card.spec.width,
+            augment: card.params.augment,
+            trainable_parameters: card.trainable_parameters,
+            multiply_adds_per_segment: card.multiply_adds_per_segment,
+            best_epoch: card.best_epoch,
+            val_segment_accuracy: card.val.segment.accuracy,
+            val_track_accuracy: card.val.track_mean.accuracy,
+            test_segment_accuracy: eval.segment.accuracy,
+            test_segment_macro_f1: eval.segment.macro_f1,
+            test_track_accuracy: eval.track_mean.accuracy,
+            test_track_vote_accuracy: eval.track_vote.accuracy,
+        });
+        if input.stage == champion {
+            champion_eval = Some(eval);
+        }
+    }
+    let board = Leaderboard {
+        champion: champion.clone(),
+        entries,
+    };
+    let dir = ctx.output_path("tournament")?;
+    write_canonical_json(&dir.join("leaderboard.json"), &board)?;
+    write_text(&dir.join("leaderboard.csv"), &leaderboard_csv(&board))?;
+    write_text(&dir.join("ablation.csv"), &ablation_csv(&board))?;
+    let test_eval = champion_eval
+        .ok_or_else(|| StageError::Invalid("the champion was not evaluated".into()))?;
+    let champion_file = Champion {
+        member: champion.clone(),
+        classes: tracks.classes.clone(),
+        test: test_eval.clone(),
+    };
+    write_canonical_json(&dir.join("champion.json"), &champion_file)?;
+
+    let mut summary = vec![format!(
+        "champion (chosen on val): {champion}; test {:.1}% per segment, {:.1}% per track",
+        100.0 * test_eval.segment.accuracy,
+        100.0 * test_eval.track_mean.accuracy
+    )];
+    summary.extend(leaderboard_lines(&board));
+    let lineage = Lineage::default()
+        .with(Record::Selected {
+            what: "champion".into(),
+            by: Split::Val,
+            chosen: champion,
+        })
+        .with(Record::Scored {
+            what: "accuracy, macro F1 (every member, after the selection)".into(),
+            split: Split::Test,
+            segments: test.labels.len(),
+        });
+    Ok(StageReport { lineage, summary })
+}
+
+fn write_text(path: &std::path::Path, text: &str) -> Result<(), StageError> {
+    std::fs::write(path, text).map_err(|e| StageError::io(path, e))
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+fn leaderboard_csv(board: &Leaderboard) -> String {
+    let mut csv = String::from(
+        "member,arch,width,augment,trainable_parameters,multiply_adds_per_segment,best_epoch,\
+         val_segment_accuracy,val_track_accuracy,test_segment_accuracy,test_segment_macro_f1,\
+         test_track_accuracy,test_track_vote_accuracy\n",
+    );
+    for e in &board.entries {
+        let _ = writeln!(
+            csv,
+            "\"{}\",{},{},{},{},{},{},{},{},{},{},{},{}",
+            e.member,
+            arch_name(e.arch),
+            e.width,
+            e.augment,
+            e.trainable_parameters,
+            e.multiply_adds_per_segment,
+            e.best_epoch,
+            e.val_segment_accuracy,
+            e.val_track_accuracy,
+            e.test_segment_accuracy,
+            e.test_segment_macro_f1,
+            e.test_track_accuracy,
+            e.test_track_vote_accuracy
+        );
+    }
+    csv
+}
+
+fn arch_name(arch: Architecture) -> String {
+    serde_json::to_value(arch)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Per architecture (and width): test accuracy without and with SpecAugment, and the difference.
+fn ablation(board: &Leaderboard) -> BTreeMap<String, (Option<&Entry>, Option<&Entry>)> {
+    let mut rows: BTreeMap<String, (Option<&Entry>, Option<&Entry>)> = BTreeMap::new();
+    for e in &board.entries {
+        let slot = rows
+            .entry(format!("{} x{}", arch_name(e.arch), e.width))
+            .or_default();
+        if e.augment {
+            slot.1 = Some(e);
+        } else {
+            slot.0 = Some(e);
+        }
+    }
+    rows
+}
+
+fn ablation_csv(board: &Leaderboard) -> String {
+    let mut csv = String::from("model,test_segment_without,test_segment_with,difference\n");
+    for (model, (without, with)) in ablation(board) {
+        let acc = |e: Option<&Entry>| e.map(|e| e.test_segment_accuracy);
+        let diff = match (acc(without), acc(with)) {
+            (Some(a), Some(b)) => (b - a).to_string(),
+            _ => String::new(),
+        };
+        let show = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            csv,
+            "{model},{},{},{diff}",
+            show(acc(without)),
+            show(acc(with))
+        );
+    }
+    csv
+}
+
+/// The leaderboard and the ablation as aligned lines for `run` to print.
+fn leaderboard_lines(board: &Leaderboard) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{:<44} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "member", "params", "MACs/seg", "val seg", "val trk", "test seg", "test trk"
+    )];
+    for e in &board.entries {
+        lines.push(format!(
+            "{:<44} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            e.member,
+            e.trainable_parameters,
+            e.multiply_adds_per_segment,
+            pct(e.val_segment_accuracy),
+            pct(e.val_track_accuracy),
+            pct(e.test_segment_accuracy),
+            pct(e.test_track_accuracy),
+        ));
+    }
+    for (model, (without, with)) in ablation(board) {
+        if let (Some(a), Some(b)) = (without, with) {
+            lines.push(format!(
+                "ablation {model}: test {}% without SpecAugment, {}% with ({:+.1} points)",
+                pct(a.test_segment_accuracy),
+                pct(b.test_segment_accuracy),
+                100.0 * (b.test_segment_accuracy - a.test_segment_accuracy)
+            ));
+        }
+    }
+    lines
+}
+
+const NEEDS: &[Need] = &[
+    Need::many("model"),
+    Need::one("features@test"),
+    Need::one("scaler"),
+    Need::one("segments"),
+    Need::one("tracks"),
+];
+
+pub fn kind() -> Box<dyn StageKind> {
+    Box::new(TypedStage::<Params> {
+        kind: "tournament",
+        about: "choose the champion among trained models on val alone, then score every one on test once",
+        needs: NEEDS,
+        outputs: &["tournament/"],
+        code_dirs: &["tournament", "train", "common"],
+        determinism: Determinism::Exact,
+        run,
+    })
+}
