@@ -1,0 +1,303 @@
+use super::*;
+use candle_core::{DType, Device, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+type Dims = (usize, usize, usize, usize);
+
+/// (input, kernel, stride, padding). candle's own backward fails when stride 2 leaves height and
+/// width with different remainders (it derives both output paddings from the height), so such
+/// shapes are checked against finite differences only.
+const CASES: &[(Dims, Dims, usize, usize)] = &[
+    ((3, 1, 9, 11), (8, 1, 3, 3), 1, 1),
+    ((3, 4, 9, 11), (6, 4, 3, 3), 2, 1),
+    ((3, 4, 8, 10), (6, 4, 3, 3), 2, 1),
+    ((3, 5, 7, 9), (6, 5, 1, 1), 1, 0),
+    ((3, 5, 7, 9), (6, 5, 1, 1), 2, 0),
+    ((3, 5, 8, 10), (6, 5, 1, 1), 2, 0),
+    ((3, 3, 9, 11), (4, 3, 3, 3), 1, 0),
+    ((1, 2, 10, 9), (3, 2, 5, 5), 1, 2),
+    ((2, 3, 7, 8), (4, 3, 2, 3), 2, 1),
+    ((2, 2, 3, 3), (3, 2, 3, 3), 2, 2),
+    ((14, 3, 6, 5), (4, 3, 3, 3), 1, 1),
+];
+
+fn random(dims: Dims, dtype: DType, rng: &mut ChaCha20Rng) -> Tensor {
+    let (a, b, c, d) = dims;
+    let vals: Vec<f64> = (0..a * b * c * d)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    Tensor::from_vec(vals, (a, b, c, d), &Device::Cpu)
+        .and_then(|t| t.to_dtype(dtype))
+        .unwrap()
+}
+
+fn to_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// max |a - b| / max |b|
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (to_f64(a), to_f64(b));
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "reference is all zeros");
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+fn bits(t: &Tensor) -> Vec<u64> {
+    match t.dtype() {
+        DType::F32 => t
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits() as u64)
+            .collect(),
+        _ => to_f64(t).iter().map(|v| v.to_bits()).collect(),
+    }
+}
+
+type ConvFn = fn(&Tensor, &Tensor, usize, usize) -> Result<Tensor>;
+
+fn candle_conv(x: &Tensor, k: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    x.conv2d(k, padding, stride, 1, 1)
+}
+
+/// Output and the gradients of `sum(conv(x, k) * weight)` with respect to `x` and `k`.
+fn run(
+    conv: ConvFn,
+    x: &Tensor,
+    k: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> (Tensor, Tensor, Tensor) {
+    let xv = Var::from_tensor(x).unwrap();
+    let kv = Var::from_tensor(k).unwrap();
+    let out = conv(xv.as_tensor(), kv.as_tensor(), stride, pad).unwrap();
+    let grads = out
+        .mul(weight)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gx = grads.get(xv.as_tensor()).expect("input gradient").clone();
+    let gk = grads.get(kv.as_tensor()).expect("kernel gradient").clone();
+    (out, gx, gk)
+}
+
+fn case_tensors(case: usize, dtype: DType) -> (Tensor, Tensor, Tensor) {
+    let (xd, kd, stride, pad) = CASES[case];
+    let mut rng = ChaCha20Rng::seed_from_u64(case as u64);
+    let x = random(xd, dtype, &mut rng);
+    let k = random(kd, dtype, &mut rng);
+    let out_dims = candle_conv(&x, &k, stride, pad).unwrap().dims4().unwrap();
+    let weight = random(out_dims, dtype, &mut rng);
+    (x, k, weight)
+}
+
+fn matches_candle(dtype: DType, tol: f64) {
+    for (i, &(_, _, stride, pad)) in CASES.iter().enumerate() {
+        let (x, k, weight) = case_tensors(i, dtype);
+        let ours = run(conv2d, &x, &k, &weight, stride, pad);
+        let reference = run(candle_conv, &x, &k, &weight, stride, pad);
+        for (what, a, b) in [
+            ("output", &ours.0, &reference.0),
+            ("grad x", &ours.1, &reference.1),
+            ("grad k", &ours.2, &reference.2),
+        ] {
+            let err = rel_err(a, b);
+            assert!(
+                err <= tol,
+                "case {i} {:?} {dtype:?}: {what} relative error {err:e}",
+                CASES[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn f32_matches_candle_conv_and_its_gradients() {
+    matches_candle(DType::F32, 1e-5);
+}
+
+#[test]
+fn f64_matches_candle_conv_and_its_gradients() {
+    matches_candle(DType::F64, 1e-10);
+}
+
+#[test]
+fn f64_gradients_match_central_differences() {
+    for &(xd, kd, stride, pad) in &[
+        ((2, 3, 7, 8), (4, 3, 3, 3), 2, 1),
+        ((2, 3, 7, 8), (4, 3, 3, 3), 1, 1),
+        ((2, 3, 5, 6), (2, 3, 1, 1), 2, 0),
+        ((2, 3, 8, 9), (2, 3, 3, 3), 2, 1),
+        ((1, 2, 8, 9), (3, 2, 1, 1), 2, 0),
+    ] {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let x = random(xd, DType::F64, &mut rng);
+        let k = random(kd, DType::F64, &mut rng);
+        let out_dims = conv2d(&x, &k, stride, pad).unwrap().dims4().unwrap();
+        let weight = random(out_dims, DType::F64, &mut rng);
+        let (_, gx, gk) = run(conv2d, &x, &k, &weight, stride, pad);
+        let loss = |x: &Tensor, k: &Tensor| -> f64 {
+            conv2d(x, k, stride, pad)
+                .unwrap()
+                .mul(&weight)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let perturbed = |t: &Tensor, i: usize, delta: f64| -> Tensor {
+            let mut v = to_f64(t);
+            v[i] += delta;
+            Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap()
+        };
+        let eps = 1e-5;
+        let (gx, gk) = (to_f64(&gx), to_f64(&gk));
+        let mut checked = 0;
+        for _ in 0..20 {
+            let i = rng.random_range(0..gx.len());
+            let fd = (loss(&perturbed(&x, i, eps), &k) - loss(&perturbed(&x, i, -eps), &k))
+                / (2.0 * eps);
+            assert!(
+                (fd - gx[i]).abs() <= 1e-8 * gx[i].abs().max(1.0),
+                "grad x[{i}]: {fd} vs {}",
+                gx[i]
+            );
+            let j = rng.random_range(0..gk.len());
+            let fd = (loss(&x, &perturbed(&k, j, eps)) - loss(&x, &perturbed(&k, j, -eps)))
+                / (2.0 * eps);
+            assert!(
+                (fd - gk[j]).abs() <= 1e-8 * gk[j].abs().max(1.0),
+                "grad k[{j}]: {fd} vs {}",
+                gk[j]
+            );
+            checked += 2;
+        }
+        assert_eq!(checked, 40);
+    }
+}
+
+#[test]
+fn bits_do_not_depend_on_thread_count() {
+    // Batch 1 runs multi-threaded gemms, the others run items (or kernel-gradient groups) in
+    // parallel; 16 items make uneven groups of the kernel gradient.
+    let cases: &[(Dims, Dims, usize, usize)] = &[
+        ((5, 8, 33, 31), (16, 8, 3, 3), 1, 1),
+        ((5, 8, 33, 31), (16, 8, 3, 3), 2, 1),
+        ((16, 4, 17, 15), (8, 4, 3, 3), 1, 1),
+        ((1, 32, 40, 40), (64, 32, 3, 3), 1, 1),
+        ((4, 32, 20, 21), (48, 32, 1, 1), 1, 0),
+    ];
+    for (ci, &(xd, kd, stride, pad)) in cases.iter().enumerate() {
+        let mut rng = ChaCha20Rng::seed_from_u64(100 + ci as u64);
+        let x = random(xd, DType::F32, &mut rng);
+        let k = random(kd, DType::F32, &mut rng);
+        let out_dims = conv2d(&x, &k, stride, pad).unwrap().dims4().unwrap();
+        let weight = random(out_dims, DType::F32, &mut rng);
+        let in_pool = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (out, gx, gk) = run(conv2d, &x, &k, &weight, stride, pad);
+                (bits(&out), bits(&gx), bits(&gk))
+            })
+        };
+        let one = in_pool(1);
+        assert!(one.0.iter().any(|&b| b != 0) && one.2.iter().any(|&b| b != 0));
+        for threads in [2, 3] {
+            assert!(
+                in_pool(threads) == one,
+                "case {ci}: {threads} threads differ from 1"
+            );
+        }
+    }
+}
+
+#[test]
+fn input_gradient_is_skipped_when_nothing_needs_it() {
+    let (x, k, weight) = case_tensors(1, DType::F32);
+    let (_, _, stride, pad) = CASES[1];
+    let kv = Var::from_tensor(&k).unwrap();
+    let grads = conv2d(&x, kv.as_tensor(), stride, pad)
+        .unwrap()
+        .mul(&weight)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&x).is_none());
+    let (_, _, reference) = run(candle_conv, &x, &k, &weight, stride, pad);
+    assert!(rel_err(grads.get(kv.as_tensor()).unwrap(), &reference) <= 1e-5);
+}
+
+#[test]
+fn gradient_functions_equal_the_backward_pass() {
+    for (i, &(xd, kd, stride, pad)) in CASES.iter().enumerate() {
+        let (x, k, weight) = case_tensors(i, DType::F32);
+        let (_, gx, gk) = run(conv2d, &x, &k, &weight, stride, pad);
+        let gx2 = conv2d_grad_input(&weight, &k, (xd.2, xd.3), stride, pad).unwrap();
+        let gk2 = conv2d_grad_kernel(&x, &weight, (kd.2, kd.3), stride, pad).unwrap();
+        assert_eq!(bits(&gx), bits(&gx2), "case {i}");
+        assert_eq!(bits(&gk), bits(&gk2), "case {i}");
+    }
+}
+
+#[test]
+fn non_contiguous_operands_give_the_contiguous_result() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let x = random((2, 3, 8, 9), DType::F32, &mut rng);
+    let k = random((4, 3, 3, 3), DType::F32, &mut rng);
+    let xt = x.transpose(2, 3).unwrap();
+    let kt = k.transpose(2, 3).unwrap();
+    assert!(!xt.is_contiguous() && !kt.is_contiguous());
+    let a = conv2d(&xt, &kt, 1, 1).unwrap();
+    let b = conv2d(&xt.contiguous().unwrap(), &kt.contiguous().unwrap(), 1, 1).unwrap();
+    assert_eq!(a.dims(), &[2, 4, 9, 8]);
+    assert_eq!(bits(&a), bits(&b));
+}
+
+#[test]
+fn bad_shapes_and_dtypes_are_errors() {
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let x = random((2, 3, 4, 4), DType::F32, &mut rng);
+    let k = random((4, 3, 3, 3), DType::F32, &mut rng);
+    assert!(conv2d(&x, &random((4, 2, 3, 3), DType::F32, &mut rng), 1, 1).is_err());
+    assert!(conv2d(&x, &random((4, 3, 7, 7), DType::F32, &mut rng), 1, 1).is_err());
+    assert!(conv2d(&x, &k, 0, 1).is_err());
+    assert!(conv2d(&x, &k.to_dtype(DType::F64).unwrap(), 1, 1).is_err());
+    assert!(conv2d(
+        &x.to_dtype(DType::BF16).unwrap(),
+        &k.to_dtype(DType::BF16).unwrap(),
+        1,
+        1
+    )
+    .is_err());
+    assert!(conv2d_grad_input(
+        &random((2, 4, 3, 3), DType::F32, &mut rng),
+        &k,
+        (4, 4),
+        1,
+        1
+    )
+    .is_err());
+    assert!(conv2d(&x, &k, 1, 1).is_ok());
+}
