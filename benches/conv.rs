@@ -1,7 +1,8 @@
 //! candle's CPU conv2d and its backward against `stages::train::nn::conv`, on the conv shapes of a
 //! network over 128x128 inputs, next to the gemm rate of this machine measured in the same run.
 //!
-//! `cargo bench --bench conv`; `RAYON_NUM_THREADS` sets the thread count of both implementations.
+//! `cargo bench --bench conv [-- FILTER]` runs the convs whose name contains FILTER (e.g. `"s2"`);
+//! `RAYON_NUM_THREADS` sets the thread count of both implementations.
 
 use candle_core::{DType, Device, Result, Tensor};
 use gemm::Parallelism;
@@ -187,7 +188,15 @@ fn main() -> Result<()> {
     );
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let (mut total_stock, mut total_ours, mut total_flop) = (0.0, 0.0, 0.0);
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
     for l in LAYERS {
+        let name = format!("{}->{} @{}x{} s{}", l.c_in, l.c_out, l.hw, l.hw, l.stride);
+        if !name.contains(&filter) {
+            continue;
+        }
         let x = random(&[BATCH, l.c_in, l.hw, l.hw], &mut rng)?;
         let k = random(&[l.c_out, l.c_in, K, K], &mut rng)?;
         let out_hw = (l.hw + 2 * PAD - K) / l.stride + 1;
@@ -197,7 +206,6 @@ fn main() -> Result<()> {
         let flop = 2.0 * (BATCH * l.c_out * ohw * ckk) as f64;
         let s = l.stride;
         let out_padding = l.hw - ((out_hw - 1) * s + K - 2 * PAD);
-        let name = format!("{}->{} @{}x{} s{}", l.c_in, l.c_out, l.hw, l.hw, s);
         // The gemm of each op per batch item, with the operand layouts the conv uses.
         let shapes: [GemmShape; 3] = [
             ((l.c_out, ohw, ckk), (ckk, 1), (ohw, 1)),
@@ -254,8 +262,10 @@ fn main() -> Result<()> {
         }
     }
     let gf = total_flop / total_ours / 1e9;
+    let peak_end = gemm_gflops(((1024, 1024, 1024), (1024, 1), (1024, 1)), 1, false);
+    println!("\nf32 gemm 1024^3 again at the end: {peak_end:.1} GFLOP/s (the load on the machine shows in the difference)");
     println!(
-        "\nall convs, fwd+dx+dw medians: candle {:.0} ms, ours {:.0} ms, speedup {:.2}x, ours {:.1} GFLOP/s = {:.0}% of the 1024^3 gemm",
+        "all convs, fwd+dx+dw medians: candle {:.0} ms, ours {:.0} ms, speedup {:.2}x, ours {:.1} GFLOP/s = {:.0}% of the 1024^3 gemm",
         total_stock * 1e3,
         total_ours * 1e3,
         total_stock / total_ours,

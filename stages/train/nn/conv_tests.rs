@@ -20,7 +20,34 @@ const CASES: &[(Dims, Dims, usize, usize)] = &[
     ((2, 3, 7, 8), (4, 3, 2, 3), 2, 1),
     ((2, 2, 3, 3), (3, 2, 3, 3), 2, 2),
     ((14, 3, 6, 5), (4, 3, 3, 3), 1, 1),
+    // Large enough for several im2col row tiles.
+    ((2, 16, 37, 120), (8, 16, 3, 3), 1, 1),
+    ((2, 16, 41, 251), (8, 16, 3, 3), 2, 1),
 ];
+
+#[test]
+fn row_tiles_cover_the_output_rows_in_order() {
+    let mut tiled = 0;
+    for &(xd, kd, stride, pad) in CASES {
+        let g = Geom::new(xd, kd, stride, pad).unwrap();
+        let tiles = row_tiles(&g);
+        assert_eq!(tiles.first().unwrap().start, 0);
+        assert_eq!(tiles.last().unwrap().end, g.oh);
+        for pair in tiles.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        for t in &tiles {
+            let small = t.len() * g.ow * g.ckk() <= COL_TILE;
+            let min_rows = t.len() == MIN_TILE_PIXELS.div_ceil(g.ow);
+            assert!(
+                !t.is_empty() && (small || min_rows || tiles.len() == 1),
+                "{t:?} of {tiles:?}"
+            );
+        }
+        tiled += usize::from(tiles.len() > 1);
+    }
+    assert_eq!(tiled, 2, "the last two cases are the tiled ones");
+}
 
 fn random(dims: Dims, dtype: DType, rng: &mut ChaCha20Rng) -> Tensor {
     let (a, b, c, d) = dims;
@@ -196,13 +223,14 @@ fn f64_gradients_match_central_differences() {
 #[test]
 fn bits_do_not_depend_on_thread_count() {
     // Batch 1 runs multi-threaded gemms, the others run items (or kernel-gradient groups) in
-    // parallel; 16 items make uneven groups of the kernel gradient.
+    // parallel; 16 items make uneven groups of the kernel gradient; the last case is tiled.
     let cases: &[(Dims, Dims, usize, usize)] = &[
         ((5, 8, 33, 31), (16, 8, 3, 3), 1, 1),
         ((5, 8, 33, 31), (16, 8, 3, 3), 2, 1),
         ((16, 4, 17, 15), (8, 4, 3, 3), 1, 1),
         ((1, 32, 40, 40), (64, 32, 3, 3), 1, 1),
         ((4, 32, 20, 21), (48, 32, 1, 1), 1, 0),
+        ((3, 16, 30, 130), (16, 16, 3, 3), 1, 1),
     ];
     for (ci, &(xd, kd, stride, pad)) in cases.iter().enumerate() {
         let mut rng = ChaCha20Rng::seed_from_u64(100 + ci as u64);
@@ -276,6 +304,16 @@ fn non_contiguous_operands_give_the_contiguous_result() {
 }
 
 #[test]
+fn other_dtypes_fall_back_to_candle() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    let x = random((2, 3, 6, 7), DType::F16, &mut rng);
+    let k = random((4, 3, 3, 3), DType::F16, &mut rng);
+    let ours = conv2d(&x, &k, 2, 1).unwrap();
+    assert_eq!(ours.dtype(), DType::F16);
+    assert_eq!(bits(&ours), bits(&candle_conv(&x, &k, 2, 1).unwrap()));
+}
+
+#[test]
 fn bad_shapes_and_dtypes_are_errors() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let x = random((2, 3, 4, 4), DType::F32, &mut rng);
@@ -284,13 +322,6 @@ fn bad_shapes_and_dtypes_are_errors() {
     assert!(conv2d(&x, &random((4, 3, 7, 7), DType::F32, &mut rng), 1, 1).is_err());
     assert!(conv2d(&x, &k, 0, 1).is_err());
     assert!(conv2d(&x, &k.to_dtype(DType::F64).unwrap(), 1, 1).is_err());
-    assert!(conv2d(
-        &x.to_dtype(DType::BF16).unwrap(),
-        &k.to_dtype(DType::BF16).unwrap(),
-        1,
-        1
-    )
-    .is_err());
     assert!(conv2d_grad_input(
         &random((2, 4, 3, 3), DType::F32, &mut rng),
         &k,
