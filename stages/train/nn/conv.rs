@@ -14,6 +14,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::ops::{Add, AddAssign, Range};
 
 /// `x` [batch, c_in, h, w] convolved with `kernel` [c_out, c_in, k, k], zero padding `padding`, stride `stride`.
@@ -350,8 +351,71 @@ fn gemm_threads() -> Parallelism {
 /// (l, j) of rhs is `rhs[l * rhs_rs + j * rhs_cs]`.
 #[allow(clippy::too_many_arguments)]
 fn matmul<T: Elem>(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: &[T],
+    lhs_strides: (usize, usize),
+    rhs: &[T],
+    rhs_strides: (usize, usize),
+    parallelism: Parallelism,
+) {
+    // SAFETY: T and MaybeUninit<T> share their layout, gemm stores only initialised values, and
+    // dst is initialised, as gemm_raw requires when accumulating.
+    unsafe {
+        let dst = &mut *(dst as *mut [T] as *mut [MaybeUninit<T>]);
+        gemm_raw(
+            dims,
+            dst,
+            dst_rs,
+            accumulate,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallelism,
+        );
+    }
+}
+
+/// [`matmul`] without accumulation into a possibly uninitialised `dst`, whose m x n block gemm
+/// then writes without reading it: this spares zeroing large outputs first.
+#[allow(clippy::too_many_arguments)]
+fn matmul_uninit<T: Elem>(
+    dims: (usize, usize, usize),
+    dst: &mut [MaybeUninit<T>],
+    dst_rs: usize,
+    lhs: &[T],
+    lhs_strides: (usize, usize),
+    rhs: &[T],
+    rhs_strides: (usize, usize),
+    parallelism: Parallelism,
+) {
+    // SAFETY: without accumulation gemm_raw has no requirement on dst's contents.
+    unsafe {
+        gemm_raw(
+            dims,
+            dst,
+            dst_rs,
+            false,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallelism,
+        )
+    }
+}
+
+/// # Safety
+/// If `accumulate`, the m x n block of `dst` must be initialised. Without it gemm reads no
+/// element of dst: `read_dst == false` zeroes its alpha, and every gemm 0.19 code path then
+/// stores `beta * (lhs * rhs)` without loading the destination.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw<T: Elem>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [MaybeUninit<T>],
     dst_rs: usize,
     accumulate: bool,
     lhs: &[T],
@@ -365,16 +429,19 @@ fn matmul<T: Elem>(
     }
     // The raw-pointer gemm is only sound if every addressed element lies inside its slice.
     assert!((m - 1) * dst_rs + n <= dst.len(), "gemm dst out of bounds");
-    if k > 0 {
-        assert!(
-            (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(),
-            "gemm lhs out of bounds"
-        );
-        assert!(
-            (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(),
-            "gemm rhs out of bounds"
-        );
-    }
+    assert!(n <= dst_rs || m == 1, "gemm dst rows overlap");
+    assert!(
+        k > 0,
+        "gemm with an empty inner dimension would leave dst unwritten"
+    );
+    assert!(
+        (m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(),
+        "gemm lhs out of bounds"
+    );
+    assert!(
+        (k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(),
+        "gemm rhs out of bounds"
+    );
     // SAFETY: the asserts above keep every access in bounds; dst does not alias lhs or rhs
     // (it is borrowed mutably), and gemm writes only dst.
     unsafe {
@@ -382,7 +449,7 @@ fn matmul<T: Elem>(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<T>(),
             1,
             dst_rs as isize,
             accumulate,
@@ -435,6 +502,55 @@ fn for_each_tap(g: &Geom, mut f: impl FnMut(usize, usize, usize, (usize, usize),
     }
 }
 
+/// `dst[i] = src[i * stride]` for every i; `src` must reach that far.
+fn gather<T: Elem>(dst: &mut [T], src: &[T], stride: usize) {
+    let Some(last) = dst.len().checked_sub(1) else {
+        return;
+    };
+    match stride {
+        1 => dst.copy_from_slice(&src[..dst.len()]),
+        // Exact chunks let the compiler drop bounds checks and vectorise the common stride 2.
+        2 => {
+            let src = &src[..2 * last + 1];
+            for (d, pair) in dst[..last].iter_mut().zip(src.chunks_exact(2)) {
+                *d = pair[0];
+            }
+            dst[last] = src[2 * last];
+        }
+        _ => {
+            for (d, &v) in dst.iter_mut().zip(src.iter().step_by(stride)) {
+                *d = v;
+            }
+        }
+    }
+}
+
+/// `dst[i * stride] += src[i]` for every i; `dst` must reach that far.
+fn scatter_add<T: Elem>(dst: &mut [T], src: &[T], stride: usize) {
+    let Some(last) = src.len().checked_sub(1) else {
+        return;
+    };
+    match stride {
+        1 => {
+            for (d, &v) in dst[..src.len()].iter_mut().zip(src) {
+                *d += v;
+            }
+        }
+        2 => {
+            let dst = &mut dst[..2 * last + 1];
+            for (pair, &v) in dst.chunks_exact_mut(2).zip(&src[..last]) {
+                pair[0] += v;
+            }
+            dst[2 * last] += src[last];
+        }
+        _ => {
+            for (d, &v) in dst.iter_mut().step_by(stride).zip(src) {
+                *d += v;
+            }
+        }
+    }
+}
+
 /// Writes every element of `col` [c * kh * kw, rows.len() * out_w]: row (c, ki, kj) holds the
 /// input plane c sampled at tap (ki, kj) for each output position in the output rows `rows`,
 /// zero where it falls in the padding.
@@ -454,13 +570,7 @@ fn im2col<T: Elem>(g: &Geom, x: &[T], col: &mut [T], rows: Range<usize>) {
                 dst[xhi..].fill(T::ZERO);
                 let src = &plane[(oy * s + ki - g.pad) * g.w..][..g.w];
                 let ix0 = xlo * s + kj - g.pad;
-                if s == 1 {
-                    dst[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
-                } else {
-                    for (d, &v) in dst[xlo..xhi].iter_mut().zip(src[ix0..].iter().step_by(s)) {
-                        *d = v;
-                    }
-                }
+                gather(&mut dst[xlo..xhi], &src[ix0..], s);
             }
         });
     }
@@ -485,15 +595,7 @@ fn col2im<T: Elem>(g: &Geom, dcol: &[T], dx: &mut [T], rows: Range<usize>) {
                 let src = &src[xlo..xhi];
                 let dst = &mut plane[(oy * s + ki - g.pad) * g.w..][..g.w];
                 let ix0 = xlo * s + kj - g.pad;
-                if s == 1 {
-                    for (d, &v) in dst[ix0..ix0 + src.len()].iter_mut().zip(src) {
-                        *d += v;
-                    }
-                } else {
-                    for (d, &v) in dst[ix0..].iter_mut().step_by(s).zip(src) {
-                        *d += v;
-                    }
-                }
+                scatter_add(&mut dst[ix0..], src, s);
             }
         });
     }
@@ -531,12 +633,13 @@ fn scratch<T: Elem>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
 }
 
 fn forward<T: Elem>(g: &Geom, x: &[T], kernel: &[T]) -> Vec<T> {
-    let mut out = vec![T::ZERO; g.b * g.out_len()];
-    if out.is_empty() {
+    let len = g.b * g.out_len();
+    let mut out = Vec::with_capacity(len);
+    if len == 0 {
         return out;
     }
     let tiles = row_tiles(g);
-    let item = |col: &mut Vec<T>, out_b: &mut [T], x_b: &[T], par: Parallelism| {
+    let item = |col: &mut Vec<T>, out_b: &mut [MaybeUninit<T>], x_b: &[T], par: Parallelism| {
         for rows in &tiles {
             let n = rows.len() * g.ow;
             let rhs: &[T] = if g.pointwise() {
@@ -547,11 +650,10 @@ fn forward<T: Elem>(g: &Geom, x: &[T], kernel: &[T]) -> Vec<T> {
                 col
             };
             // out_b[:, rows] [o, n] = kernel [o, ckk] * col [ckk, n]
-            matmul(
+            matmul_uninit(
                 (g.o, n, g.ckk()),
                 &mut out_b[rows.start * g.ow..],
                 g.out_hw(),
-                false,
                 kernel,
                 (g.ckk(), 1),
                 rhs,
@@ -560,45 +662,53 @@ fn forward<T: Elem>(g: &Geom, x: &[T], kernel: &[T]) -> Vec<T> {
             );
         }
     };
+    let spare = &mut out.spare_capacity_mut()[..len];
     if tasks_in_parallel(g.b) {
-        out.par_chunks_mut(g.out_len())
+        spare
+            .par_chunks_mut(g.out_len())
             .zip(x.par_chunks(g.in_len()))
             .for_each_init(Vec::new, |col, (out_b, x_b)| {
                 item(col, out_b, x_b, Parallelism::None)
             });
     } else {
         let mut col = Vec::new();
-        for (out_b, x_b) in out.chunks_mut(g.out_len()).zip(x.chunks(g.in_len())) {
+        for (out_b, x_b) in spare.chunks_mut(g.out_len()).zip(x.chunks(g.in_len())) {
             item(&mut col, out_b, x_b, gemm_threads());
         }
     }
+    // SAFETY: for each item the tiles' gemms wrote all o rows of consecutive output-row ranges
+    // covering 0..out_h, i.e. every element of `out_len`.
+    unsafe { out.set_len(len) };
     out
 }
 
 fn grad_input<T: Elem>(g: &Geom, grad: &[T], kernel: &[T]) -> Vec<T> {
-    // Zeroed once here for col2im; a large fresh allocation comes zeroed from the OS for free.
-    let mut dx = vec![T::ZERO; g.b * g.in_len()];
-    if dx.is_empty() {
+    let len = g.b * g.in_len();
+    let mut dx = Vec::with_capacity(len);
+    if len == 0 {
         return dx;
     }
     let tiles = row_tiles(g);
-    let item = |dcol: &mut Vec<T>, dx_b: &mut [T], grad_b: &[T], par: Parallelism| {
+    let item = |dcol: &mut Vec<T>, dx_b: &mut [MaybeUninit<T>], grad_b: &[T], par: Parallelism| {
         if g.pointwise() {
             // dx_b [c, hw] = kernel^T [c, o] * grad_b [o, hw]
             let dims = (g.c, g.out_hw(), g.o);
-            matmul(
+            let strides = (g.out_hw(), 1);
+            matmul_uninit(
                 dims,
                 dx_b,
                 g.out_hw(),
-                false,
                 kernel,
                 (1, g.ckk()),
                 grad_b,
-                (g.out_hw(), 1),
+                strides,
                 par,
             );
             return;
         }
+        dx_b.fill(MaybeUninit::new(T::ZERO));
+        // SAFETY: just initialised; MaybeUninit<T> and T share their layout.
+        let dx_b = unsafe { &mut *(dx_b as *mut [MaybeUninit<T>] as *mut [T]) };
         for rows in &tiles {
             let n = rows.len() * g.ow;
             let dcol = scratch(dcol, g.ckk() * n);
@@ -617,18 +727,23 @@ fn grad_input<T: Elem>(g: &Geom, grad: &[T], kernel: &[T]) -> Vec<T> {
             col2im(g, dcol, dx_b, rows.clone());
         }
     };
+    let spare = &mut dx.spare_capacity_mut()[..len];
     if tasks_in_parallel(g.b) {
-        dx.par_chunks_mut(g.in_len())
+        spare
+            .par_chunks_mut(g.in_len())
             .zip(grad.par_chunks(g.out_len()))
             .for_each_init(Vec::new, |dcol, (dx_b, grad_b)| {
                 item(dcol, dx_b, grad_b, Parallelism::None)
             });
     } else {
         let mut dcol = Vec::new();
-        for (dx_b, grad_b) in dx.chunks_mut(g.in_len()).zip(grad.chunks(g.out_len())) {
+        for (dx_b, grad_b) in spare.chunks_mut(g.in_len()).zip(grad.chunks(g.out_len())) {
             item(&mut dcol, dx_b, grad_b, gemm_threads());
         }
     }
+    // SAFETY: each item was either written whole by one gemm (pointwise: its c x hw block is
+    // the whole item) or zero-filled before col2im added to it.
+    unsafe { dx.set_len(len) };
     dx
 }
 

@@ -2,6 +2,7 @@ use super::*;
 use candle_core::{DType, Device, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use std::mem::MaybeUninit;
 
 type Dims = (usize, usize, usize, usize);
 
@@ -20,6 +21,7 @@ const CASES: &[(Dims, Dims, usize, usize)] = &[
     ((2, 3, 7, 8), (4, 3, 2, 3), 2, 1),
     ((2, 2, 3, 3), (3, 2, 3, 3), 2, 2),
     ((14, 3, 6, 5), (4, 3, 3, 3), 1, 1),
+    ((2, 3, 10, 13), (4, 3, 3, 3), 3, 1),
     // Large enough for several im2col row tiles.
     ((2, 16, 37, 120), (8, 16, 3, 3), 1, 1),
     ((2, 16, 41, 251), (8, 16, 3, 3), 2, 1),
@@ -331,4 +333,54 @@ fn bad_shapes_and_dtypes_are_errors() {
     )
     .is_err());
     assert!(conv2d(&x, &k, 1, 1).is_ok());
+}
+
+#[test]
+fn gemm_never_reads_a_destination_it_overwrites() {
+    // NaN in dst would survive any read of it (0 * NaN = NaN), so a clean result shows that
+    // matmul_uninit only writes. The shapes reach gemm's small-k, vector, horizontal and blocked
+    // paths in each operand layout the conv uses.
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    for &(m, n, k) in &[
+        (1, 1, 1),
+        (1, 7, 3),
+        (7, 1, 3),
+        (5, 6, 2),
+        (16, 9, 300),
+        (64, 300, 288),
+        (3, 5, 40),
+    ] {
+        let lhs: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let rhs: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for (ls, rs) in [((k, 1), (n, 1)), ((1, m), (n, 1)), ((k, 1), (1, k))] {
+            let mut clean = vec![0f32; m * n];
+            matmul(
+                (m, n, k),
+                &mut clean,
+                n,
+                false,
+                &lhs,
+                ls,
+                &rhs,
+                rs,
+                Parallelism::None,
+            );
+            let mut dirty = vec![MaybeUninit::new(f32::NAN); m * n];
+            matmul_uninit(
+                (m, n, k),
+                &mut dirty,
+                n,
+                &lhs,
+                ls,
+                &rhs,
+                rs,
+                Parallelism::None,
+            );
+            // SAFETY: initialised with NaN above.
+            let dirty: Vec<f32> = dirty.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&clean), bits(&dirty), "{m}x{n}x{k} {ls:?} {rs:?}");
+            assert!(clean.iter().all(|v| v.is_finite()));
+        }
+    }
 }
