@@ -607,9 +607,9 @@ fn col2im<T: Elem>(g: &Geom, dcol: &[T], dx: &mut [T], rows: Range<usize>) {
 const COL_TILE: usize = 1 << 16;
 const MIN_TILE_PIXELS: usize = 256;
 
-/// Consecutive ranges of output rows whose im2col tiles hold about [`COL_TILE`] elements, as
-/// even as possible. A single range for pointwise convs, which need no im2col. Depends on the
-/// shape only, so it never changes the bits across thread counts.
+/// Consecutive ranges of output rows whose im2col tiles hold about [`COL_TILE`] elements, their
+/// lengths differing by at most one row. A single range for pointwise convs, which need no
+/// im2col. Depends on the shape only, so it never changes the bits across thread counts.
 fn row_tiles(g: &Geom) -> Vec<Range<usize>> {
     let fit = if g.pointwise() {
         g.oh
@@ -617,10 +617,8 @@ fn row_tiles(g: &Geom) -> Vec<Range<usize>> {
         (COL_TILE / (g.ckk() * g.ow)).max(MIN_TILE_PIXELS.div_ceil(g.ow))
     };
     let tiles = g.oh.div_ceil(fit);
-    let per = g.oh.div_ceil(tiles);
     (0..tiles)
-        .map(|t| t * per..((t + 1) * per).min(g.oh))
-        .filter(|r| !r.is_empty())
+        .map(|t| t * g.oh / tiles..(t + 1) * g.oh / tiles)
         .collect()
 }
 

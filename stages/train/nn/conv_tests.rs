@@ -38,7 +38,9 @@ fn row_tiles_cover_the_output_rows_in_order() {
         for pair in tiles.windows(2) {
             assert_eq!(pair[0].end, pair[1].start);
         }
+        let longest = tiles.iter().map(|t| t.len()).max().unwrap();
         for t in &tiles {
+            assert!(t.len() + 1 >= longest, "{tiles:?} uneven");
             let small = t.len() * g.ow * g.ckk() <= COL_TILE;
             let min_rows = t.len() == MIN_TILE_PIXELS.div_ceil(g.ow);
             assert!(
