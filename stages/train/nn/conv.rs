@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::{Add, AddAssign, Range};
 
-/// `x` [batch, c_in, h, w] convolved with `kernel` [c_out, c_in, k, k], zero padding `padding`, stride `stride`.
+/// `x` [batch, c_in, h, w] convolved with `kernel` [c_out, c_in, kh, kw], zero padding `padding`, stride `stride`.
 ///
 /// Differentiable in both arguments; the input gradient is skipped when nothing upstream of
 /// `x` needs it (e.g. for the network input). The gradients themselves are not differentiable.
@@ -76,7 +76,7 @@ pub fn conv2d_grad_kernel(
         .apply_op2_no_bwd(&grad.contiguous()?, &GradKernel { geom })
 }
 
-/// Shapes of one convolution; all extents are non-zero except possibly the batch.
+/// Shapes of one convolution; every extent but the batch is non-zero.
 #[derive(Clone, Copy, Debug)]
 struct Geom {
     b: usize,
@@ -102,8 +102,10 @@ impl Geom {
         if kc != c {
             bail!("conv2d: input has {c} channels but the kernel expects {kc}");
         }
-        if c == 0 || o == 0 || kh == 0 || kw == 0 || stride == 0 {
-            bail!("conv2d: zero-sized channels, kernel or stride ({c}, {o}, {kh}x{kw}, stride {stride})");
+        if [c, h, w, o, kh, kw, stride].contains(&0) {
+            bail!(
+                "conv2d: zero extent in input {c}x{h}x{w}, kernel {o}x{kh}x{kw} or stride {stride}"
+            );
         }
         if h + 2 * pad < kh || w + 2 * pad < kw {
             bail!("conv2d: kernel {kh}x{kw} larger than the padded input {h}x{w} (padding {pad})");
@@ -750,6 +752,31 @@ fn grad_input<T: Elem>(g: &Geom, grad: &[T], kernel: &[T]) -> Vec<T> {
 /// depends on the thread count. 12 splits evenly over 1, 2, 3, 4 and 6 threads.
 const KERNEL_GRAD_GROUPS: usize = 12;
 
+/// The gemm of one output-row tile of item `bi` for the kernel gradient: its (m, n, k), the
+/// item's output gradient (lhs, rows of stride out_h * out_w) and the tile's im2col matrix
+/// (rhs, read transposed).
+fn kernel_grad_step<'a, T: Elem>(
+    g: &Geom,
+    x: &'a [T],
+    grad: &'a [T],
+    col: &'a mut Vec<T>,
+    bi: usize,
+    rows: Range<usize>,
+) -> ((usize, usize, usize), &'a [T], &'a [T]) {
+    let n = rows.len() * g.ow;
+    let x_b = &x[bi * g.in_len()..][..g.in_len()];
+    let grad_b = &grad[bi * g.out_len()..][..g.out_len()];
+    let rhs: &[T] = if g.pointwise() {
+        x_b
+    } else {
+        let col = scratch(col, g.ckk() * n);
+        im2col(g, x_b, col, rows.clone());
+        col
+    };
+    // part [o, ckk] (+)= grad_b[:, rows] [o, n] * col^T [n, ckk]
+    ((g.o, g.ckk(), n), &grad_b[rows.start * g.ow..], rhs)
+}
+
 fn grad_kernel<T: Elem>(g: &Geom, x: &[T], grad: &[T]) -> Vec<T> {
     let groups = g.b.min(KERNEL_GRAD_GROUPS);
     let klen = g.kernel_len();
@@ -757,40 +784,46 @@ fn grad_kernel<T: Elem>(g: &Geom, x: &[T], grad: &[T]) -> Vec<T> {
         return vec![T::ZERO; klen];
     }
     let tiles = row_tiles(g);
-    let mut partials = vec![T::ZERO; groups * klen];
-    let group = |col: &mut Vec<T>, gi: usize, part: &mut [T], par: Parallelism| {
+    let len = groups * klen;
+    let mut partials = Vec::with_capacity(len);
+    let group = |col: &mut Vec<T>, gi: usize, part: &mut [MaybeUninit<T>], par: Parallelism| {
         let items = gi * g.b / groups..(gi + 1) * g.b / groups;
-        let mut first = true;
-        for bi in items {
-            let x_b = &x[bi * g.in_len()..][..g.in_len()];
-            let grad_b = &grad[bi * g.out_len()..][..g.out_len()];
-            for rows in &tiles {
-                let n = rows.len() * g.ow;
-                let rhs: &[T] = if g.pointwise() {
-                    x_b
-                } else {
-                    let col = scratch(col, g.ckk() * n);
-                    im2col(g, x_b, col, rows.clone());
-                    col
-                };
-                // part [o, ckk] (+)= grad_b[:, rows] [o, n] * col^T [n, ckk]
-                matmul(
-                    (g.o, g.ckk(), n),
-                    part,
-                    g.ckk(),
-                    !first,
-                    &grad_b[rows.start * g.ow..],
-                    (g.out_hw(), 1),
-                    rhs,
-                    (1, n),
-                    par,
-                );
-                first = false;
-            }
+        let mut steps = items.flat_map(|bi| tiles.iter().map(move |rows| (bi, rows.clone())));
+        let Some((bi, rows)) = steps.next() else {
+            return;
+        };
+        let (dims, lhs, rhs) = kernel_grad_step(g, x, grad, col, bi, rows);
+        matmul_uninit(
+            dims,
+            part,
+            g.ckk(),
+            lhs,
+            (g.out_hw(), 1),
+            rhs,
+            (1, dims.2),
+            par,
+        );
+        // SAFETY: the gemm just wrote the whole o x ckk block, i.e. all of `part`; T and
+        // MaybeUninit<T> share their layout.
+        let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
+        for (bi, rows) in steps {
+            let (dims, lhs, rhs) = kernel_grad_step(g, x, grad, col, bi, rows);
+            matmul(
+                dims,
+                part,
+                g.ckk(),
+                true,
+                lhs,
+                (g.out_hw(), 1),
+                rhs,
+                (1, dims.2),
+                par,
+            );
         }
     };
+    let spare = &mut partials.spare_capacity_mut()[..len];
     if tasks_in_parallel(groups) {
-        partials
+        spare
             .par_chunks_mut(klen)
             .enumerate()
             .for_each_init(Vec::new, |col, (gi, part)| {
@@ -798,10 +831,13 @@ fn grad_kernel<T: Elem>(g: &Geom, x: &[T], grad: &[T]) -> Vec<T> {
             });
     } else {
         let mut col = Vec::new();
-        for (gi, part) in partials.chunks_mut(klen).enumerate() {
+        for (gi, part) in spare.chunks_mut(klen).enumerate() {
             group(&mut col, gi, part, gemm_threads());
         }
     }
+    // SAFETY: every group holds at least one item (groups <= batch) and so at least one step,
+    // whose gemm wrote the group's whole partial.
+    unsafe { partials.set_len(len) };
     let (total, rest) = partials.split_at_mut(klen);
     for part in rest.chunks_exact(klen) {
         for (t, &p) in total.iter_mut().zip(part) {

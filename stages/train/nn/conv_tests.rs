@@ -325,6 +325,9 @@ fn bad_shapes_and_dtypes_are_errors() {
     assert!(conv2d(&x, &random((4, 2, 3, 3), DType::F32, &mut rng), 1, 1).is_err());
     assert!(conv2d(&x, &random((4, 3, 7, 7), DType::F32, &mut rng), 1, 1).is_err());
     assert!(conv2d(&x, &k, 0, 1).is_err());
+    assert!(conv2d(&random((2, 3, 0, 4), DType::F32, &mut rng), &k, 1, 2).is_err());
+    let empty_batch = conv2d(&random((0, 3, 4, 4), DType::F32, &mut rng), &k, 1, 1).unwrap();
+    assert_eq!(empty_batch.dims(), &[0, 4, 4, 4]);
     assert!(conv2d(&x, &k.to_dtype(DType::F64).unwrap(), 1, 1).is_err());
     assert!(conv2d_grad_input(
         &random((2, 4, 3, 3), DType::F32, &mut rng),
