@@ -389,3 +389,36 @@ fn gemm_never_reads_a_destination_it_overwrites() {
         }
     }
 }
+
+#[test]
+fn chained_and_shared_operands_match_candle() {
+    // x feeds two convs and the kernel is used twice, so both gradients accumulate over uses.
+    let mut rng = ChaCha20Rng::seed_from_u64(11);
+    let x = random((3, 4, 9, 11), DType::F64, &mut rng);
+    let k1 = random((6, 4, 3, 3), DType::F64, &mut rng);
+    let k2 = random((6, 6, 3, 3), DType::F64, &mut rng);
+    let k3 = random((6, 4, 1, 1), DType::F64, &mut rng);
+    let grads = |conv: ConvFn| {
+        let vars: Vec<Var> = [&x, &k1, &k2, &k3]
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let [xv, k1v, k2v, k3v] = [0, 1, 2, 3].map(|i| vars[i].as_tensor());
+        let h = conv(xv, k1v, 1, 1).unwrap().relu().unwrap();
+        let a = conv(&h, k2v, 2, 1).unwrap();
+        let b = conv(&conv(&h, k2v, 1, 1).unwrap(), k2v, 2, 1).unwrap();
+        let c = conv(xv, k3v, 2, 0).unwrap();
+        let loss = (a.sqr().unwrap().sum_all().unwrap()
+            + b.sum_all().unwrap()
+            + c.sqr().unwrap().sum_all().unwrap())
+        .unwrap();
+        let g = loss.backward().unwrap();
+        vars.iter()
+            .map(|v| g.get(v.as_tensor()).unwrap().clone())
+            .collect::<Vec<_>>()
+    };
+    for (i, (a, b)) in grads(conv2d).iter().zip(grads(candle_conv)).enumerate() {
+        let err = rel_err(a, &b);
+        assert!(err <= 1e-10, "gradient {i}: relative error {err:e}");
+    }
+}
