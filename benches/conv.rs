@@ -3,6 +3,11 @@
 //!
 //! `cargo bench --bench conv [-- FILTER]` runs the convs whose name contains FILTER (e.g. `"s2"`);
 //! `RAYON_NUM_THREADS` sets the thread count of both implementations.
+//!
+//! Columns: candle's and our times; the ratio of their medians; our rate, also as a share of the
+//! 1024^3 gemm rate (`%peak`) and of "gemm-only", the same per-item gemms as our op on fixed
+//! operands without im2col or tiling, spread over the pool (`%gemm`, above 100 where our L2-sized
+//! tiles beat one big gemm per item).
 
 use candle_core::{DType, Device, Result, Tensor};
 use gemm::Parallelism;
@@ -15,50 +20,14 @@ use std::time::Instant;
 const BATCH: usize = 48;
 const RUNS: usize = 5;
 
-struct Layer {
-    c_in: usize,
-    c_out: usize,
-    hw: usize,
-    stride: usize,
-}
-
-const LAYERS: &[Layer] = &[
-    Layer {
-        c_in: 1,
-        c_out: 16,
-        hw: 128,
-        stride: 1,
-    },
-    Layer {
-        c_in: 16,
-        c_out: 32,
-        hw: 64,
-        stride: 1,
-    },
-    Layer {
-        c_in: 32,
-        c_out: 64,
-        hw: 32,
-        stride: 1,
-    },
-    Layer {
-        c_in: 32,
-        c_out: 64,
-        hw: 64,
-        stride: 2,
-    },
-    Layer {
-        c_in: 64,
-        c_out: 128,
-        hw: 32,
-        stride: 1,
-    },
-    Layer {
-        c_in: 128,
-        c_out: 256,
-        hw: 16,
-        stride: 1,
-    },
+/// (c_in, c_out, input height = width, stride) of each 3x3 conv with padding 1.
+const LAYERS: &[(usize, usize, usize, usize)] = &[
+    (1, 16, 128, 1),
+    (16, 32, 64, 1),
+    (32, 64, 32, 1),
+    (32, 64, 64, 2),
+    (64, 128, 32, 1),
+    (128, 256, 16, 1),
 ];
 
 const K: usize = 3;
@@ -192,25 +161,24 @@ fn main() -> Result<()> {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_default();
-    for l in LAYERS {
-        let name = format!("{}->{} @{}x{} s{}", l.c_in, l.c_out, l.hw, l.hw, l.stride);
+    for &(c_in, c_out, hw, s) in LAYERS {
+        let name = format!("{c_in}->{c_out} @{hw}x{hw} s{s}");
         if !name.contains(&filter) {
             continue;
         }
-        let x = random(&[BATCH, l.c_in, l.hw, l.hw], &mut rng)?;
-        let k = random(&[l.c_out, l.c_in, K, K], &mut rng)?;
-        let out_hw = (l.hw + 2 * PAD - K) / l.stride + 1;
-        let grad = random(&[BATCH, l.c_out, out_hw, out_hw], &mut rng)?;
-        let ckk = l.c_in * K * K;
+        let x = random(&[BATCH, c_in, hw, hw], &mut rng)?;
+        let k = random(&[c_out, c_in, K, K], &mut rng)?;
+        let out_hw = (hw + 2 * PAD - K) / s + 1;
+        let grad = random(&[BATCH, c_out, out_hw, out_hw], &mut rng)?;
+        let ckk = c_in * K * K;
         let ohw = out_hw * out_hw;
-        let flop = 2.0 * (BATCH * l.c_out * ohw * ckk) as f64;
-        let s = l.stride;
-        let out_padding = l.hw - ((out_hw - 1) * s + K - 2 * PAD);
+        let flop = 2.0 * (BATCH * c_out * ohw * ckk) as f64;
+        let out_padding = hw - ((out_hw - 1) * s + K - 2 * PAD);
         // The gemm of each op per batch item, with the operand layouts the conv uses.
         let shapes: [GemmShape; 3] = [
-            ((l.c_out, ohw, ckk), (ckk, 1), (ohw, 1)),
-            ((ckk, ohw, l.c_out), (1, ckk), (ohw, 1)),
-            ((l.c_out, ckk, ohw), (ohw, 1), (1, ohw)),
+            ((c_out, ohw, ckk), (ckk, 1), (ohw, 1)),
+            ((ckk, ohw, c_out), (1, ckk), (ohw, 1)),
+            ((c_out, ckk, ohw), (ohw, 1), (1, ohw)),
         ];
         let results = [
             compare(&mut || x.conv2d(&k, PAD, s, 1, 1), &mut || {
@@ -218,7 +186,7 @@ fn main() -> Result<()> {
             })?,
             compare(
                 &mut || grad.conv_transpose2d(&k, PAD, out_padding, s, 1),
-                &mut || conv2d_grad_input(&grad, &k, (l.hw, l.hw), s, PAD),
+                &mut || conv2d_grad_input(&grad, &k, (hw, hw), s, PAD),
             )?,
             compare(
                 // What candle's backprop does for the kernel gradient.
