@@ -29,6 +29,7 @@ check-lock: reproduce
 bench:
 	bash bench/status.sh
 	bash bench/features.sh
+	$(CARGO) bench --bench conv
 
 ## Re-hash every artifact pipeline.lock names, then re-run every stage in a scratch store and compare digests.
 verify: build

@@ -54,6 +54,20 @@ pub struct Project {
     pub store: LocalStore,
 }
 
+/// `pipeline.yaml` locks into `pipeline.lock`, `pipeline.study.yaml` into `pipeline.study.lock`: two
+/// profiles in one folder share the store (and every result they have in common) but never each other's lock.
+pub fn lock_file_name(config_path: &Path) -> String {
+    let name = config_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("pipeline.yaml");
+    let stem = name
+        .strip_suffix(".yaml")
+        .or_else(|| name.strip_suffix(".yml"))
+        .unwrap_or(name);
+    format!("{stem}.lock")
+}
+
 impl Project {
     pub fn open(config_path: &Path) -> Result<Project, EngineError> {
         let dir = config_path
@@ -63,7 +77,7 @@ impl Project {
             .to_path_buf();
         let store = LocalStore::open(&dir.join("artifacts"))?;
         Ok(Project {
-            lock_path: dir.join("pipeline.lock"),
+            lock_path: dir.join(lock_file_name(config_path)),
             dir,
             store,
         })
@@ -214,4 +228,21 @@ impl HashedDataset {
 /// Held while a process runs, collects or verifies; the kernel releases it when the process ends.
 pub struct ProjectLock {
     _file: std::fs::File,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_file_name;
+    use std::path::Path;
+
+    #[test]
+    fn each_profile_locks_into_its_own_file() {
+        assert_eq!(lock_file_name(Path::new("pipeline.yaml")), "pipeline.lock");
+        assert_eq!(
+            lock_file_name(Path::new("dir/pipeline.study.yaml")),
+            "pipeline.study.lock"
+        );
+        assert_eq!(lock_file_name(Path::new("other.yml")), "other.lock");
+        assert_eq!(lock_file_name(Path::new("noext")), "noext.lock");
+    }
 }

@@ -51,6 +51,9 @@ pub struct Params {
     pub plateau_patience: usize,
     /// Widest SpecAugment mask, in bins or frames.
     pub mask_max_width: usize,
+    /// Batch norm's running-statistics momentum (Keras: 0.99). A short run needs a smaller one: at 0.99 the
+    /// running statistics that validation uses move only 1% of the way per step.
+    pub batch_norm_momentum: f64,
 }
 
 impl Default for Params {
@@ -67,6 +70,7 @@ impl Default for Params {
             plateau_factor: study.plateau_factor,
             plateau_patience: study.plateau_patience,
             mask_max_width: study.mask_max_width,
+            batch_norm_momentum: super::nn::layers::BN_MOMENTUM,
         }
     }
 }
@@ -96,6 +100,12 @@ impl StageParams for Params {
             problems.push(ParamProblem::at(
                 "learning_rate",
                 format!("{} is not a rate in (0, 1]", self.learning_rate),
+            ));
+        }
+        if !(self.batch_norm_momentum >= 0.0 && self.batch_norm_momentum < 1.0) {
+            problems.push(ParamProblem::at(
+                "batch_norm_momentum",
+                format!("{} is not a momentum in [0, 1)", self.batch_norm_momentum),
             ));
         }
         if !(self.plateau_factor > 0.0 && self.plateau_factor < 1.0) {
@@ -195,6 +205,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         classes: tracks.classes.len(),
         n_mels: train.n_mels,
         frames: train.frames,
+        batch_norm_momentum: params.batch_norm_momentum,
     };
     spec.validate().map_err(candle_error("model"))?;
     let mut seed = [0u8; 32];

@@ -31,7 +31,8 @@ pub struct EfficientVgg {
 
 impl EfficientVgg {
     pub fn new(spec: &ModelSpec, seed: [u8; 32], dtype: DType, device: &Device) -> Result<Self> {
-        let mut p = ParamStore::new(seed, dtype, device);
+        let mut p =
+            ParamStore::new(seed, dtype, device).with_batch_norm_momentum(spec.batch_norm_momentum);
         let mut blocks = Vec::new();
         let mut c_in = 1;
         for (i, filters) in FILTERS.iter().enumerate() {

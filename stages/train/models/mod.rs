@@ -42,6 +42,14 @@ pub struct ModelSpec {
     pub classes: usize,
     pub n_mels: usize,
     pub frames: usize,
+    /// Running-statistics momentum of every batch norm (Keras: 0.99). With few training steps the running
+    /// statistics stay near their initial values at 0.99, and evaluation-mode scores near chance.
+    #[serde(default = "study_batch_norm_momentum")]
+    pub batch_norm_momentum: f64,
+}
+
+fn study_batch_norm_momentum() -> f64 {
+    crate::train::nn::layers::BN_MOMENTUM
 }
 
 impl ModelSpec {
@@ -53,6 +61,7 @@ impl ModelSpec {
             classes: 10,
             n_mels: 128,
             frames: 128,
+            batch_norm_momentum: study_batch_norm_momentum(),
         }
     }
 

@@ -77,7 +77,8 @@ pub struct ResSe {
 
 impl ResSe {
     pub fn new(spec: &ModelSpec, seed: [u8; 32], dtype: DType, device: &Device) -> Result<Self> {
-        let mut p = ParamStore::new(seed, dtype, device);
+        let mut p =
+            ParamStore::new(seed, dtype, device).with_batch_norm_momentum(spec.batch_norm_momentum);
         let stem = spec.scaled(STEM);
         let stem_conv = Conv2d::new(&mut p, "stem.conv", 1, stem, 3, 1)?;
         let stem_bn = BatchNorm::new(&mut p, "stem.bn", stem)?;

@@ -27,6 +27,7 @@ fn spec(arch: Architecture, width: f64, n_mels: usize, frames: usize) -> ModelSp
         classes: 10,
         n_mels,
         frames,
+        batch_norm_momentum: 0.99,
     }
 }
 
@@ -112,6 +113,7 @@ fn shape_counts_match_built_models_at_other_widths_and_sizes() {
                 classes,
                 n_mels: 20,
                 frames: 18,
+                batch_norm_momentum: 0.99,
             };
             let model = build(&s, SEED, DType::F32, &Device::Cpu).unwrap();
             assert_eq!(
@@ -362,6 +364,7 @@ fn whole_network_gradients_at_tiny_width() {
             classes: 3,
             n_mels: 12,
             frames: 10,
+            batch_norm_momentum: 0.99,
         };
         let model = build(&s, SEED, DType::F64, &Device::Cpu).unwrap();
         let x = uniform_var(&[3, 1, 12, 10], -1.0, 1.0, 300).unwrap();

@@ -88,7 +88,8 @@ impl Unet {
         if !matches!(spec.arch, Architecture::Unet | Architecture::UnetLean) {
             candle_core::bail!("Unet cannot build {:?}", spec.arch);
         }
-        let mut p = ParamStore::new(seed, dtype, device);
+        let mut p =
+            ParamStore::new(seed, dtype, device).with_batch_norm_momentum(spec.batch_norm_momentum);
         let mut stages = Vec::new();
         let mut c_in = 1;
         for (s, stage) in plan(spec.arch).iter().enumerate() {

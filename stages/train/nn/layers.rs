@@ -101,11 +101,13 @@ pub struct BatchNorm {
     beta: Var,
     moving_mean: Var,
     moving_variance: Var,
+    momentum: f64,
 }
 
 impl BatchNorm {
     pub fn new(p: &mut ParamStore, name: &str, channels: usize) -> Result<Self> {
         Ok(Self {
+            momentum: p.batch_norm_momentum(),
             gamma: p.constant(&format!("{name}.gamma"), &[channels], 1.0, Role::Trainable)?,
             beta: p.constant(&format!("{name}.beta"), &[channels], 0.0, Role::Trainable)?,
             moving_mean: p.constant(
@@ -156,7 +158,7 @@ impl BatchNorm {
             let y = centered
                 .broadcast_mul(&scale.broadcast_as((b, c, 1, 1))?)?
                 .broadcast_add(&beta)?;
-            let keep = BN_MOMENTUM;
+            let keep = self.momentum;
             let new_mean = (self.moving_mean.as_tensor().affine(keep, 0.0)?
                 + mean.detach().flatten_all()?.affine(1.0 - keep, 0.0)?)?;
             let new_variance = (self.moving_variance.as_tensor().affine(keep, 0.0)?

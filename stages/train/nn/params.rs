@@ -49,6 +49,7 @@ pub struct ParamStore {
     dtype: DType,
     device: Device,
     vars: BTreeMap<String, (Var, Role)>,
+    batch_norm_momentum: f64,
 }
 
 impl ParamStore {
@@ -58,7 +59,18 @@ impl ParamStore {
             dtype,
             device: device.clone(),
             vars: BTreeMap::new(),
+            batch_norm_momentum: super::layers::BN_MOMENTUM,
         }
+    }
+
+    /// The running-statistics momentum every batch norm built from this store uses.
+    pub fn with_batch_norm_momentum(mut self, momentum: f64) -> Self {
+        self.batch_norm_momentum = momentum;
+        self
+    }
+
+    pub fn batch_norm_momentum(&self) -> f64 {
+        self.batch_norm_momentum
     }
 
     pub fn dtype(&self) -> DType {
