@@ -662,24 +662,46 @@ fn forward<T: Elem>(g: &Geom, x: &[T], kernel: &[T]) -> Vec<T> {
             );
         }
     };
-    let spare = &mut out.spare_capacity_mut()[..len];
-    if tasks_in_parallel(g.b) {
-        spare
-            .par_chunks_mut(g.out_len())
-            .zip(x.par_chunks(g.in_len()))
-            .for_each_init(Vec::new, |col, (out_b, x_b)| {
-                item(col, out_b, x_b, Parallelism::None)
-            });
-    } else {
-        let mut col = Vec::new();
-        for (out_b, x_b) in spare.chunks_mut(g.out_len()).zip(x.chunks(g.in_len())) {
-            item(&mut col, out_b, x_b, gemm_threads());
-        }
-    }
+    per_item(
+        g.b,
+        &mut out.spare_capacity_mut()[..len],
+        g.out_len(),
+        x,
+        g.in_len(),
+        item,
+    );
     // SAFETY: for each item the tiles' gemms wrote all o rows of consecutive output-row ranges
     // covering 0..out_h, i.e. every element of `out_len`.
     unsafe { out.set_len(len) };
     out
+}
+
+/// Runs `item` on each batch item's (output, input) pair: items in parallel with single-threaded gemms when
+/// there are enough of them, else one after another with every thread in each gemm. Either way each output
+/// element is written by one gemm, so the bits do not depend on the choice. `item` gets a scratch buffer
+/// it may reuse across the items of one worker.
+fn per_item<T: Elem, F>(
+    items: usize,
+    out: &mut [MaybeUninit<T>],
+    out_len: usize,
+    inp: &[T],
+    in_len: usize,
+    item: F,
+) where
+    F: Fn(&mut Vec<T>, &mut [MaybeUninit<T>], &[T], Parallelism) + Sync,
+{
+    if tasks_in_parallel(items) {
+        out.par_chunks_mut(out_len)
+            .zip(inp.par_chunks(in_len))
+            .for_each_init(Vec::new, |scratch, (out_b, in_b)| {
+                item(scratch, out_b, in_b, Parallelism::None)
+            });
+    } else {
+        let mut scratch = Vec::new();
+        for (out_b, in_b) in out.chunks_mut(out_len).zip(inp.chunks(in_len)) {
+            item(&mut scratch, out_b, in_b, gemm_threads());
+        }
+    }
 }
 
 fn grad_input<T: Elem>(g: &Geom, grad: &[T], kernel: &[T]) -> Vec<T> {
@@ -727,20 +749,14 @@ fn grad_input<T: Elem>(g: &Geom, grad: &[T], kernel: &[T]) -> Vec<T> {
             col2im(g, dcol, dx_b, rows.clone());
         }
     };
-    let spare = &mut dx.spare_capacity_mut()[..len];
-    if tasks_in_parallel(g.b) {
-        spare
-            .par_chunks_mut(g.in_len())
-            .zip(grad.par_chunks(g.out_len()))
-            .for_each_init(Vec::new, |dcol, (dx_b, grad_b)| {
-                item(dcol, dx_b, grad_b, Parallelism::None)
-            });
-    } else {
-        let mut dcol = Vec::new();
-        for (dx_b, grad_b) in spare.chunks_mut(g.in_len()).zip(grad.chunks(g.out_len())) {
-            item(&mut dcol, dx_b, grad_b, gemm_threads());
-        }
-    }
+    per_item(
+        g.b,
+        &mut dx.spare_capacity_mut()[..len],
+        g.in_len(),
+        grad,
+        g.out_len(),
+        item,
+    );
     // SAFETY: each item was either written whole by one gemm (pointwise: its c x hw block is
     // the whole item) or zero-filled before col2im added to it.
     unsafe { dx.set_len(len) };
