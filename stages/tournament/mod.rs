@@ -10,6 +10,9 @@
 //! The order is the point: the champion is fixed from the model cards' validation scores before a single
 //! test row is decoded, and the lineage records both the selection (by val) and the one read of test.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 

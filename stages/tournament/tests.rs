@@ -1,0 +1,98 @@
+//! The tournament's choice is made on validation scores alone (ties broken by track accuracy, then input
+//! order), and the ablation pairs each architecture's runs without and with SpecAugment.
+
+use super::*;
+use crate::train::models::ModelSpec;
+
+/// Validation scores from predictions: `right` of four segments (two tracks of two) correct.
+fn evaluation(right: usize) -> Evaluation {
+    let labels = [0u32, 0, 1, 1];
+    let tracks = [0u32, 0, 1, 1];
+    let mut probs = Vec::new();
+    for (i, &label) in labels.iter().enumerate() {
+        let predicted = if i < right { label } else { 1 - label };
+        probs.extend(if predicted == 0 {
+            [0.9, 0.1]
+        } else {
+            [0.1, 0.9]
+        });
+    }
+    metrics::evaluate(&probs, 2, &labels, &tracks).unwrap()
+}
+
+fn card(arch: Architecture, augment: bool, right: usize) -> ModelCard {
+    let spec = ModelSpec::study(arch);
+    ModelCard {
+        classes: vec!["a".into(), "b".into()],
+        trainable_parameters: 1,
+        running_statistics: 0,
+        multiply_adds_per_segment: 1,
+        params: crate::train::stage::Params {
+            arch,
+            augment,
+            ..Default::default()
+        },
+        best_epoch: 1,
+        epochs_run: 1,
+        stopped_early: false,
+        val: evaluation(right),
+        spec,
+    }
+}
+
+#[test]
+fn the_champion_is_the_best_on_val_then_the_first_listed() {
+    let cards = [
+        card(Architecture::EfficientVgg, false, 2),
+        card(Architecture::Unet, false, 4),
+        card(Architecture::ResSe, false, 4),
+        card(Architecture::Unet, true, 3),
+    ];
+    let mut order: Vec<(usize, &ModelCard)> = cards.iter().enumerate().collect();
+    order.sort_by(val_order);
+    let ranked: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
+    // Two tie at 100% on val: the one listed first wins; then 75%, then 50%.
+    assert_eq!(ranked, [1, 2, 3, 0]);
+}
+
+fn entry(arch: Architecture, augment: bool, test: f64) -> Entry {
+    Entry {
+        member: format!("train[arch={},augment={augment}]", arch_name(arch)),
+        arch,
+        width: 0.25,
+        augment,
+        trainable_parameters: 10,
+        multiply_adds_per_segment: 100,
+        best_epoch: 3,
+        val_segment_accuracy: 0.5,
+        val_track_accuracy: 0.5,
+        test_segment_accuracy: test,
+        test_segment_macro_f1: test,
+        test_track_accuracy: test,
+        test_track_vote_accuracy: test,
+    }
+}
+
+#[test]
+fn the_ablation_pairs_runs_without_and_with_augmentation() {
+    let board = Leaderboard {
+        champion: "x".into(),
+        entries: vec![
+            entry(Architecture::Unet, true, 0.75),
+            entry(Architecture::EfficientVgg, false, 0.5),
+            entry(Architecture::Unet, false, 0.625),
+        ],
+    };
+    assert_eq!(
+        ablation_csv(&board),
+        "model,test_segment_without,test_segment_with,difference\n\
+         efficient_vgg x0.25,0.5,,\n\
+         unet x0.25,0.625,0.75,0.125\n"
+    );
+    let lines = leaderboard_lines(&board);
+    assert_eq!(lines.len(), 1 + 3 + 1, "{lines:?}");
+    assert_eq!(
+        lines[4],
+        "ablation unet x0.25: test 62.5% without SpecAugment, 75.0% with (+12.5 points)"
+    );
+}
