@@ -30,6 +30,7 @@ bench:
 	bash bench/status.sh
 	bash bench/features.sh
 	$(CARGO) bench --bench conv
+	$(CARGO) bench --bench train_step
 
 ## Re-hash every artifact pipeline.lock names, then re-run every stage in a scratch store and compare digests.
 verify: build
