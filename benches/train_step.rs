@@ -19,27 +19,14 @@ use rand_chacha::ChaCha20Rng;
 const BATCH: usize = 48;
 const ROUNDS: usize = 3;
 
-/// The allocator setting `genrelab` makes at start-up (see `tune_allocator` in src/main.rs), so the bench
-/// times what a run does.
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator tunables; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TOP_PAD, 1 << 30);
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
 fn main() -> candle_core::Result<()> {
-    tune_allocator();
+    // The allocator setting `genrelab` makes at start-up, so the bench times what a run does.
+    genrelab::tune_allocator();
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let device = Device::Cpu;
     let mut rng = ChaCha20Rng::seed_from_u64(7);

@@ -29,3 +29,18 @@ pub mod manifest;
 pub mod rawinput;
 pub mod reason;
 pub mod store;
+
+/// glibc returns every freed block above its mmap threshold to the kernel at once, so a training step that
+/// allocates and frees tensors of tens of megabytes spends over half its time in page faults. Keeping freed
+/// memory in the heap (measured: a VGG step from 1.6 s to 0.9 s on 2 cores) changes no result bits.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tunables; call before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
