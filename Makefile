@@ -7,9 +7,11 @@ BIN := target/release/genrelab
 build:
 	$(CARGO) build --release
 
-## Run the whole pipeline on the embedded synthetic corpus (generated on first run), then verify the store.
+## Run the whole pipeline on the embedded synthetic corpus (generated on first run), time the trained models
+## inference on this machine (the efficiency table; never cached), then verify the store.
 reproduce: build
 	$(BIN) run
+	$(BIN) efficiency
 	$(BIN) verify
 
 ## Format check, lints, unit and end-to-end tests (the engine's toy stages are compiled in for the tests).

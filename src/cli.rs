@@ -127,6 +127,17 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Time inference of every model the tournament ranked (ms per segment at batch 1 and 32, median of
+    /// repeated passes) and print the efficiency table: parameters, multiply-adds, latency, test accuracy.
+    /// Latency is measured on this machine now and never cached; the rest is read from the locked artifacts.
+    Efficiency {
+        /// Timed passes per batch size (after one untimed warm-up pass).
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        repeats: u32,
+        /// Also write the table, with min and max of every batch size, as CSV to FILE.
+        #[arg(long, value_name = "FILE")]
+        csv: Option<std::path::PathBuf>,
+    },
     /// Generate the embedded synthetic GTZAN-shaped corpus into `dataset.root` (as `run` does on demand).
     Synth,
     /// List the stage kinds this build knows, with what each needs and produces.

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod code_digest;
 pub mod config;
 pub mod dag;
+pub mod efficiency;
 pub mod engine;
 pub mod exec;
 pub mod family;

@@ -451,6 +451,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+        Command::Efficiency { repeats, csv } => {
+            let _shared = project.lock(false, "efficiency")?;
+            let repeats = repeats as usize;
+            let device = tournament_device(&pipeline)?;
+            let rows = genrelab::efficiency::measure(&project, device, repeats, |member| {
+                eprintln!("efficiency: timing {member}");
+            })?;
+            print!(
+                "{}",
+                genrelab::efficiency::render(&rows, repeats, rayon::current_num_threads())
+            );
+            if let Some(path) = csv {
+                genrelab::store::write_atomic(&path, genrelab::efficiency::csv(&rows).as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("efficiency: wrote {}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Gc { dry_run } => {
             let report = inspect::gc(&project, dry_run)?;
             let bytes: u64 = report.removed.iter().map(|(_, b)| b).sum();
@@ -495,4 +513,23 @@ fn registry_gaps(registry: &[Box<dyn StageKind>]) -> Vec<&'static str> {
         .into_iter()
         .filter(|k| !registry.iter().any(|r| r.kind() == *k))
         .collect()
+}
+
+/// The device the tournament stage runs on (its `exec:` block over the global one): timing the models
+/// anywhere else would not describe the pipeline's own inference.
+fn tournament_device(pipeline: &Pipeline) -> anyhow::Result<genrelab::stage::Device> {
+    let exec = pipeline
+        .stages
+        .iter()
+        .find(|s| s.kind == "tournament")
+        .map(|s| s.exec.clone())
+        .unwrap_or_else(|| pipeline.exec.clone());
+    let settings = exec.resolve(1).map_err(|errors| {
+        let reasons: Vec<String> = errors
+            .iter()
+            .map(|(k, e)| format!("exec.{k}: {e}"))
+            .collect();
+        anyhow::anyhow!("{}: {}", pipeline.path.display(), reasons.join("; "))
+    })?;
+    Ok(settings.device)
 }

@@ -124,6 +124,13 @@ fn a_training_killed_mid_run_resumes_and_ends_with_the_uninterrupted_bytes() {
 #[test]
 fn only_the_tournament_is_handed_test_rows_and_it_chooses_on_val() {
     let p = Project::new(&pipeline(2, 1));
+    let early = p.run(&["efficiency"]);
+    assert_eq!(early.code, 2, "{}", early.all());
+    assert!(
+        early.stderr.contains("no `tournament` stage has run yet"),
+        "{}",
+        early.all()
+    );
     let run = p.run(&["run"]);
     assert_eq!(run.code, 0, "{}", run.all());
     for (stage, splits) in [
@@ -151,4 +158,46 @@ fn only_the_tournament_is_handed_test_rows_and_it_chooses_on_val() {
         "{}",
         run.all()
     );
+}
+
+#[test]
+fn efficiency_times_every_ranked_model_at_batch_1_and_32() {
+    let p = Project::new(&pipeline(2, 1));
+    let run = p.run(&["run"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let eff = p.run(&["efficiency", "--repeats", "3", "--csv", "efficiency.csv"]);
+    assert_eq!(eff.code, 0, "{}", eff.all());
+    let board: serde_json::Value = {
+        let digest = p
+            .lock_field("tournament", &["outputs", "tournament"])
+            .unwrap();
+        let path = p
+            .path()
+            .join("artifacts/trees")
+            .join(digest)
+            .join("leaderboard.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let entry = &board["entries"][0];
+    let csv = std::fs::read_to_string(p.path().join("efficiency.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    for (row, batch) in rows.iter().zip(["1", "32"]) {
+        assert_eq!(row[0], "\"train\"");
+        assert_eq!(row[1], entry["trainable_parameters"].to_string());
+        assert_eq!(row[2], entry["multiply_adds_per_segment"].to_string());
+        assert_eq!(row[3], batch);
+        let (median, min, max): (f64, f64, f64) = (
+            row[4].parse().unwrap(),
+            row[5].parse().unwrap(),
+            row[6].parse().unwrap(),
+        );
+        assert!(min > 0.0 && min <= median && median <= max, "{csv}");
+        assert_eq!(row[7], "3");
+    }
+    assert!(eff.stdout.contains("ms/seg b1"), "{}", eff.all());
 }

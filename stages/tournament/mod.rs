@@ -166,6 +166,11 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         100.0 * test_eval.track_mean.accuracy
     )];
     summary.extend(leaderboard_lines(&board));
+    summary.extend(confusion_lines(
+        "champion's test confusion, segments (rows actual, columns predicted)",
+        &tracks.classes,
+        &test_eval.segment.confusion,
+    ));
     let lineage = Lineage::default()
         .with(Record::Selected {
             what: "champion".into(),
@@ -285,6 +290,24 @@ fn leaderboard_lines(board: &Leaderboard) -> Vec<String> {
                 100.0 * (b.test_segment_accuracy - a.test_segment_accuracy)
             ));
         }
+    }
+    lines
+}
+
+/// A confusion matrix as aligned lines, class names abbreviated to fit the columns.
+fn confusion_lines(title: &str, classes: &[String], confusion: &[Vec<u64>]) -> Vec<String> {
+    let short = |c: &String| c.chars().take(6).collect::<String>();
+    let mut header = format!("{:<10}", "");
+    for c in classes {
+        let _ = write!(header, " {:>6}", short(c));
+    }
+    let mut lines = vec![title.to_string(), header];
+    for (class, row) in classes.iter().zip(confusion) {
+        let mut line = format!("{:<10}", short(class));
+        for n in row {
+            let _ = write!(line, " {n:>6}");
+        }
+        lines.push(line);
     }
     lines
 }

@@ -96,3 +96,16 @@ fn the_ablation_pairs_runs_without_and_with_augmentation() {
         "ablation unet x0.25: test 62.5% without SpecAugment, 75.0% with (+12.5 points)"
     );
 }
+
+#[test]
+fn confusion_lines_put_each_actual_class_on_its_own_row() {
+    let classes = vec!["classical".to_string(), "rock".to_string()];
+    let lines = confusion_lines("t", &classes, &[vec![5, 1], vec![0, 7]]);
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0], "t");
+    assert!(lines[1].contains("classi") && lines[1].contains("rock"));
+    let cells = |l: &str| l.split_whitespace().skip(1).collect::<Vec<_>>().join(",");
+    assert!(lines[2].starts_with("classi"));
+    assert_eq!(cells(&lines[2]), "5,1");
+    assert_eq!(cells(&lines[3]), "0,7");
+}

@@ -8,6 +8,7 @@ pub mod batches;
 pub mod classifier;
 pub mod data;
 pub mod fit;
+pub mod latency;
 pub mod metrics;
 pub mod models;
 pub mod nn;
