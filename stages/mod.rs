@@ -4,6 +4,7 @@
 pub mod audio;
 pub mod baseline;
 pub mod common;
+pub mod cv;
 pub mod features;
 pub mod ingest;
 pub mod scaler;
@@ -29,6 +30,8 @@ pub fn registry() -> Vec<Box<dyn StageKind>> {
         baseline::kind(),
         train::kind(),
         tournament::kind(),
+        cv::kind(),
+        cv::summary::kind(),
     ];
     #[cfg(feature = "toy-stages")]
     kinds.extend(toy::kinds());

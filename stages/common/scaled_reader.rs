@@ -136,14 +136,17 @@ pub struct ScaledFeatures {
 impl ScaledFeatures {
     /// Opens the `scaler` artifact at `scaler` and each given split's features file.
     pub fn open(scaler: &Path, splits: &[(Split, &Path)]) -> Result<Self, StageError> {
+        Self::with_stats(ScalerStats::read(scaler)?, splits)
+    }
+
+    /// Each given split's features file read through statistics fitted in memory (a cross-validation fold's
+    /// own scaler), never written as an artifact.
+    pub fn with_stats(stats: ScalerStats, splits: &[(Split, &Path)]) -> Result<Self, StageError> {
         let mut files = BTreeMap::new();
         for &(split, path) in splits {
             files.insert(split, (TensorFile::open(path)?, path.to_path_buf()));
         }
-        Ok(ScaledFeatures {
-            files,
-            stats: ScalerStats::read(scaler)?,
-        })
+        Ok(ScaledFeatures { files, stats })
     }
 
     /// The scaler and the given splits' features among a stage's inputs (`scaler`, `features@<split>`).

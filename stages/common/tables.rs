@@ -95,22 +95,31 @@ pub struct SegmentTable {
 
 impl SegmentTable {
     /// The segments of one split, in tensor order.
-    pub fn of_split(&self, split: Split) -> impl Iterator<Item = &Segment> + '_ {
+    pub fn of_split(&self, split: Split) -> impl Iterator<Item = &Segment> + Clone + '_ {
         self.segments.iter().filter(move |s| s.split == split)
     }
 
     /// The lineage record of `what` fitted on every segment of `split`, in tensor order.
     pub fn fit_record(&self, what: &str, split: Split) -> Record {
-        let mut tracks: Vec<String> = self.of_split(split).map(|s| s.track.clone()).collect();
-        tracks.sort_unstable();
-        tracks.dedup();
-        Record::Fit {
-            what: what.to_string(),
-            split,
-            tracks,
-            segments: self.of_split(split).count(),
-            segment_ids_digest: ids_digest(self.of_split(split).map(|s| s.id.as_str())),
-        }
+        fit_record(what, split, self.of_split(split))
+    }
+}
+
+/// The lineage record of `what` fitted on exactly `rows` (all of split `split`), in the order given.
+pub fn fit_record<'a>(
+    what: &str,
+    split: Split,
+    rows: impl Iterator<Item = &'a Segment> + Clone,
+) -> Record {
+    let mut tracks: Vec<String> = rows.clone().map(|s| s.track.clone()).collect();
+    tracks.sort_unstable();
+    tracks.dedup();
+    Record::Fit {
+        what: what.to_string(),
+        split,
+        tracks,
+        segments: rows.clone().count(),
+        segment_ids_digest: ids_digest(rows.map(|s| s.id.as_str())),
     }
 }
 

@@ -119,7 +119,7 @@ impl StageParams for Params {
 }
 
 impl Params {
-    fn settings(&self) -> FitSettings {
+    pub fn settings(&self) -> FitSettings {
         FitSettings {
             batch_size: self.batch_size,
             max_epochs: self.max_epochs,

@@ -1,0 +1,211 @@
+//! Fold assignment invariants (grouped: no track or duplicate group in two folds, classes spread evenly;
+//! replica: one track's segments in several folds) and the aggregation's arithmetic.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use super::folds::*;
+use super::summary::{summarize, MeanStd};
+use super::*;
+
+fn corpus(classes: u32, per_class: u32) -> Vec<TrackLabel> {
+    (0..classes)
+        .flat_map(|c| {
+            (0..per_class).map(move |i| TrackLabel {
+                id: format!("c{c}.{i:03}"),
+                label: c,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn grouped_folds_spread_every_class_evenly_and_keep_duplicates_together() {
+    let tracks = corpus(4, 24);
+    let groups = vec![
+        vec![
+            "c0.001".to_string(),
+            "c0.017".to_string(),
+            "c0.020".to_string(),
+        ],
+        vec!["c2.005".to_string(), "c2.006".to_string()],
+        // A group naming a track outside the pool (a test track) constrains nothing.
+        vec!["c3.000".to_string(), "test.only".to_string()],
+    ];
+    let folds = grouped_folds(&tracks, &groups, 5, &mut ChaCha20Rng::seed_from_u64(1));
+    assert_eq!(folds.len(), tracks.len());
+    assert!(folds.values().all(|&f| f < 5));
+    assert_eq!(folds["c0.001"], folds["c0.017"]);
+    assert_eq!(folds["c0.001"], folds["c0.020"]);
+    assert_eq!(folds["c2.005"], folds["c2.006"]);
+    for class in 0..4 {
+        let mut per_fold = [0usize; 5];
+        for t in tracks.iter().filter(|t| t.label == class) {
+            per_fold[folds[&t.id]] += 1;
+        }
+        let (min, max) = (
+            per_fold.iter().min().unwrap(),
+            per_fold.iter().max().unwrap(),
+        );
+        // Units, not tracks, are dealt: a group of three can tip one fold by two.
+        assert!(max - min <= 3, "class {class}: {per_fold:?}");
+        assert!(*min >= 3, "class {class}: {per_fold:?}");
+    }
+}
+
+#[test]
+fn grouped_folds_depend_on_the_seed_only_not_on_input_order() {
+    let tracks = corpus(3, 10);
+    let mut reversed = tracks.clone();
+    reversed.reverse();
+    let a = grouped_folds(&tracks, &[], 5, &mut ChaCha20Rng::seed_from_u64(9));
+    let b = grouped_folds(&reversed, &[], 5, &mut ChaCha20Rng::seed_from_u64(9));
+    let c = grouped_folds(&tracks, &[], 5, &mut ChaCha20Rng::seed_from_u64(10));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn segment_folds_cut_a_permutation_like_kfold_and_split_tracks_across_folds() {
+    let n = 103;
+    let folds = segment_folds(n, 5, &mut ChaCha20Rng::seed_from_u64(2));
+    let mut sizes = [0usize; 5];
+    for &f in &folds {
+        sizes[f] += 1;
+    }
+    assert_eq!(sizes, [21, 21, 21, 20, 20]);
+    // Ten consecutive rows are one track's segments: most tracks reach several folds.
+    let split_tracks = folds
+        .chunks(10)
+        .filter(|track| track.iter().collect::<BTreeSet<_>>().len() > 1)
+        .count();
+    assert!(split_tracks >= 9, "{split_tracks} of 11 tracks span folds");
+}
+
+#[test]
+fn grouped_roles_hold_out_one_fold_and_stop_on_the_next() {
+    let roles: Vec<Role> = (0..5).map(|f| grouped_role(f, 4, 5)).collect();
+    assert_eq!(
+        roles,
+        vec![
+            Role::EarlyStopping,
+            Role::Train,
+            Role::Train,
+            Role::Train,
+            Role::HeldOut
+        ]
+    );
+}
+
+#[test]
+fn params_reject_a_fold_outside_the_folds_and_prefix_training_problems() {
+    let p = Params {
+        fold: 5,
+        ..Default::default()
+    };
+    let keys: Vec<String> = p.validate().into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, vec!["fold".to_string()]);
+    let mut p = Params::default();
+    p.train.width = 0.0;
+    p.folds = 2;
+    let keys: BTreeSet<String> = p.validate().into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["train.width".to_string(), "folds".to_string()])
+    );
+}
+
+#[test]
+fn mean_std_is_the_population_one() {
+    let m = MeanStd::of(&[0.9, 0.91, 0.89, 0.9]).unwrap();
+    assert!((m.mean - 0.9).abs() < 1e-12);
+    assert!((m.std - (0.0002f64 / 4.0).sqrt()).abs() < 1e-12);
+    assert_eq!(MeanStd::of(&[]), None);
+}
+
+fn fold(mode: Mode, k: usize, accuracy: f64) -> (String, FoldResult) {
+    let eval = {
+        // `right` of ten segments of one track each correct, two classes.
+        let right = (accuracy * 10.0).round() as usize;
+        let labels: Vec<u32> = (0..10).map(|i| i % 2).collect();
+        let tracks: Vec<u32> = (0..10).collect();
+        let mut probs = Vec::new();
+        for (i, &l) in labels.iter().enumerate() {
+            let p = if (i < right) == (l == 0) {
+                [0.9, 0.1]
+            } else {
+                [0.1, 0.9]
+            };
+            probs.extend(p);
+        }
+        metrics::evaluate(&probs, 2, &labels, &tracks).unwrap()
+    };
+    let part = PartSummary {
+        segments: 10,
+        tracks: vec!["t".into()],
+    };
+    (
+        format!("cv[fold={k},mode={}]", mode.name()),
+        FoldResult {
+            mode,
+            fold: k,
+            folds: 3,
+            spec: ModelSpec::study(Architecture::UnetLean),
+            classes: vec!["a".into(), "b".into()],
+            train: part.clone(),
+            early_stopping: part.clone(),
+            held_out: part.clone(),
+            scaler_fit: part,
+            held_out_tracks_also_trained_on: 0,
+            best_epoch: 1,
+            epochs_run: 1,
+            history: vec![],
+            score: eval,
+        },
+    )
+}
+
+#[test]
+fn summary_aggregates_each_mode_and_measures_the_replica_gap() {
+    let folds: Vec<_> = [
+        fold(Mode::StudyReplica, 2, 0.9),
+        fold(Mode::Grouped, 0, 0.6),
+        fold(Mode::Grouped, 2, 0.8),
+        fold(Mode::Grouped, 1, 0.7),
+        fold(Mode::StudyReplica, 0, 0.9),
+        fold(Mode::StudyReplica, 1, 0.9),
+    ]
+    .into();
+    let s = summarize(&folds).unwrap();
+    assert_eq!(s.modes.len(), 2);
+    assert_eq!(s.modes[0].mode, Mode::Grouped);
+    let accs: Vec<f64> = s.modes[0]
+        .folds
+        .iter()
+        .map(|r| r.segment_accuracy)
+        .collect();
+    assert_eq!(accs, vec![0.6, 0.7, 0.8]);
+    assert!((s.modes[0].segment_accuracy.mean - 0.7).abs() < 1e-12);
+    assert!((s.replica_gap_segment_accuracy.unwrap() - 0.2).abs() < 1e-12);
+    let by_member: BTreeMap<&str, f64> = s.modes[1]
+        .folds
+        .iter()
+        .map(|r| (r.member.as_str(), r.segment_accuracy))
+        .collect();
+    assert_eq!(by_member.len(), 3);
+}
+
+#[test]
+fn summary_refuses_a_missing_or_repeated_fold() {
+    let missing = vec![fold(Mode::Grouped, 0, 0.5), fold(Mode::Grouped, 2, 0.5)];
+    assert!(summarize(&missing).is_err());
+    let repeated = vec![
+        fold(Mode::Grouped, 0, 0.5),
+        fold(Mode::Grouped, 1, 0.5),
+        fold(Mode::Grouped, 1, 0.5),
+        fold(Mode::Grouped, 2, 0.5),
+    ];
+    assert!(summarize(&repeated).is_err());
+}

@@ -1,0 +1,160 @@
+//! The `cv` family end to end on a tiny synthetic corpus, grouped and as the study's replica: no track in two
+//! grouped folds, each fold's scaler fitted on exactly its training rows, the replica really sharing tracks
+//! between training and held-out rows, test never handed over, and `cv_summary` aggregating what the folds
+//! wrote.
+
+mod util;
+
+use std::collections::BTreeSet;
+
+use util::Project;
+
+const PIPELINE: &str = "\
+dataset:
+  root: data/tiny
+  synthetic: {tracks_per_genre: 6, seed: 3, duplicates: 0}
+stages:
+  - name: ingest
+    kind: ingest
+    inputs: [dataset]
+  - name: split
+    kind: split
+    inputs: [ingest]
+  - name: slice
+    kind: slice
+    inputs: [ingest, split]
+    params: {segments_per_track: 3}
+  - name: features
+    kind: features
+    inputs: [dataset, ingest, slice]
+    params: {n_mels: 32, hop_length: 2048}
+  - name: cv
+    kind: cv
+    inputs: [features, slice, split, ingest]
+    foreach:
+      mode: [grouped, study_replica]
+      fold: [0, 1, 2]
+    params:
+      folds: 3
+      train: {arch: efficient_vgg, width: 0.25, batch_size: 16, max_epochs: 1, augment: false}
+  - name: cv_summary
+    kind: cv_summary
+    inputs: [cv]
+";
+
+fn object(p: &Project, digest: &str) -> serde_json::Value {
+    let path = p
+        .path()
+        .join("artifacts/objects")
+        .join(&digest[..2])
+        .join(digest);
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// A file of a stage's folder output, read through its stored tree (a last stage's folder is never
+/// materialised, since nothing downstream reads it).
+fn output_file(p: &Project, stage: &str, output: &str, file: &str) -> serde_json::Value {
+    let digest = p
+        .lock_field(stage, &["outputs", output])
+        .unwrap_or_else(|| panic!("{stage} has no {output}:\n{}", p.lock()));
+    let tree = object(p, &digest);
+    let entry = tree["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == file)
+        .unwrap_or_else(|| panic!("{stage}: no {file} in {tree}"));
+    object(p, entry["digest"].as_str().unwrap())
+}
+
+fn tracks(v: &serde_json::Value) -> BTreeSet<String> {
+    v["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn grouped_folds_never_share_a_track_and_the_replica_does() {
+    let p = Project::new(PIPELINE);
+    let run = p.run(&["run"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+
+    let mut held_out_union = BTreeSet::new();
+    for k in 0..3 {
+        let member = format!("cv[fold={k},mode=grouped]");
+        let fold = output_file(&p, &member, "fold", "fold.json");
+        let (train, stop, held) = (
+            tracks(&fold["train"]),
+            tracks(&fold["early_stopping"]),
+            tracks(&fold["held_out"]),
+        );
+        assert!(
+            train.is_disjoint(&held),
+            "{member}: a track trains and is scored"
+        );
+        assert!(
+            stop.is_disjoint(&held),
+            "{member}: a track stops and is scored"
+        );
+        assert!(train.is_disjoint(&stop), "{member}");
+        assert_eq!(fold["held_out_tracks_also_trained_on"], 0);
+        // The fold's own scaler is fitted on exactly its training rows.
+        assert_eq!(fold["scaler_fit"], fold["train"], "{member}");
+        assert!(
+            held_out_union.is_disjoint(&held),
+            "a track in two held-out folds"
+        );
+        held_out_union.extend(held);
+
+        // The lineage's fit records name the same tracks as fold.json, and only train and val were handed over.
+        let lineage: serde_json::Value =
+            serde_json::from_str(&p.run(&["lineage", &member, "--json"]).stdout).unwrap();
+        let reads: Vec<&String> = lineage["split_reads"].as_object().unwrap().keys().collect();
+        assert_eq!(reads, ["train", "val"], "{member}");
+        let mut fitted = BTreeSet::new();
+        for r in lineage["lineage"]["records"].as_array().unwrap() {
+            if r["record"] == "fit" && r["what"].as_str().unwrap().contains("scaler") {
+                fitted.extend(tracks(r));
+            }
+        }
+        assert_eq!(fitted, tracks(&fold["train"]), "{member}");
+    }
+    // Every train and val track is held out exactly once.
+    let split = object(&p, &p.lock_field("split", &["outputs", "split"]).unwrap());
+    let pool: BTreeSet<String> = ["train", "val"]
+        .iter()
+        .flat_map(|s| split[*s].as_array().unwrap().iter())
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(held_out_union, pool);
+
+    let replica = output_file(&p, "cv[fold=0,mode=study_replica]", "fold", "fold.json");
+    assert!(
+        replica["held_out_tracks_also_trained_on"].as_u64().unwrap() > 0,
+        "the replica's folds should share tracks: {}",
+        replica["held_out_tracks_also_trained_on"]
+    );
+    assert_eq!(replica["early_stopping"], replica["held_out"]);
+    assert_eq!(
+        tracks(&replica["scaler_fit"]),
+        pool,
+        "the replica's scaler sees every train and val track"
+    );
+
+    let summary = output_file(&p, "cv_summary", "cv", "cv.json");
+    let grouped = &summary["modes"][0];
+    assert_eq!(grouped["mode"], "grouped");
+    let accs: Vec<f64> = grouped["folds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["segment_accuracy"].as_f64().unwrap())
+        .collect();
+    let mean = accs.iter().sum::<f64>() / 3.0;
+    assert!((grouped["segment_accuracy"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    assert!(run.stdout.contains("grouped 3-fold"), "{}", run.all());
+    assert!(run.stdout.contains("study_replica 3-fold"), "{}", run.all());
+}
