@@ -9,12 +9,18 @@ mod unet;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+#[path = "conv_kernel_tests.rs"]
+mod conv_kernel_tests;
+
 use candle_core::{bail, DType, Device, Result};
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::train::classifier::{Classifier, Mode};
-use crate::train::nn::layers::{same_output, se_hidden};
+use crate::train::nn::layers::{same_output, se_hidden, ConvKernelScope};
+
+pub use crate::train::nn::conv::ConvKernel;
 
 pub use efficient_vgg::EfficientVgg;
 pub use res_se::ResSe;
@@ -106,6 +112,19 @@ pub fn build(
     dtype: DType,
     device: &Device,
 ) -> Result<Box<dyn Classifier>> {
+    build_with(spec, seed, dtype, device, ConvKernel::default())
+}
+
+/// [`build`] with every convolution of the network (and its gradients) running on `kernel`. The weights, and
+/// so the network's function up to rounding, are the same whichever kernel is chosen.
+pub fn build_with(
+    spec: &ModelSpec,
+    seed: [u8; 32],
+    dtype: DType,
+    device: &Device,
+    kernel: ConvKernel,
+) -> Result<Box<dyn Classifier>> {
+    let _scope = ConvKernelScope::enter(kernel);
     spec.validate()?;
     Ok(match spec.arch {
         Architecture::EfficientVgg => Box::new(EfficientVgg::new(spec, seed, dtype, device)?),

@@ -17,6 +17,38 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::{Add, AddAssign, Range};
 
+#[path = "conv_profile.rs"]
+pub mod profile;
+
+/// Which implementation runs a convolution and its gradients. Chosen when a model is built and kept by
+/// its layers, so that one network can be timed against the same network on candle's own kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvKernel {
+    /// [`conv2d`]: im2col or col2im around one gemm per batch item; what training uses.
+    #[default]
+    Im2colGemm,
+    /// candle's `Tensor::conv2d` and the backward candle's autograd derives for it (a transposed conv
+    /// for the input gradient, a conv with the output map as kernel for the kernel gradient). Agrees
+    /// with [`conv2d`] to rounding, not bit for bit; a speed baseline, not a training path.
+    CandleStock,
+}
+
+impl ConvKernel {
+    /// `x` convolved with `kernel` as [`conv2d`] defines it, by this implementation.
+    pub fn conv2d(
+        self,
+        x: &Tensor,
+        kernel: &Tensor,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Tensor> {
+        match self {
+            ConvKernel::Im2colGemm => conv2d(x, kernel, stride, padding),
+            ConvKernel::CandleStock => x.conv2d(kernel, padding, stride, 1, 1),
+        }
+    }
+}
+
 /// `x` [batch, c_in, h, w] convolved with `kernel` [c_out, c_in, kh, kw], zero padding `padding`, stride `stride`.
 ///
 /// Differentiable in both arguments; the input gradient is skipped when nothing upstream of
@@ -164,6 +196,10 @@ impl Geom {
     fn output_shape(&self) -> Shape {
         Shape::from((self.b, self.o, self.oh, self.ow))
     }
+    /// 2 x the multiply-adds of the forward pass, which each gradient repeats in another order.
+    fn flops(&self) -> u64 {
+        2 * (self.b * self.out_len() * self.ckk()) as u64
+    }
 }
 
 struct Conv2d {
@@ -227,19 +263,21 @@ impl CustomOp2 for Conv2d {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        dispatch!(
-            s1,
-            l1,
-            g.input_shape(),
-            "input",
-            s2,
-            l2,
-            g.kernel_shape(),
-            "kernel",
-            forward,
-            g,
-            g.output_shape()
-        )
+        profile::record(profile::Op::Forward, g.flops(), || {
+            dispatch!(
+                s1,
+                l1,
+                g.input_shape(),
+                "input",
+                s2,
+                l2,
+                g.kernel_shape(),
+                "kernel",
+                forward,
+                g,
+                g.output_shape()
+            )
+        })
     }
 
     fn bwd(
@@ -279,19 +317,21 @@ impl CustomOp2 for GradInput {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        dispatch!(
-            s1,
-            l1,
-            g.output_shape(),
-            "output gradient",
-            s2,
-            l2,
-            g.kernel_shape(),
-            "kernel",
-            grad_input,
-            g,
-            g.input_shape()
-        )
+        profile::record(profile::Op::GradInput, g.flops(), || {
+            dispatch!(
+                s1,
+                l1,
+                g.output_shape(),
+                "output gradient",
+                s2,
+                l2,
+                g.kernel_shape(),
+                "kernel",
+                grad_input,
+                g,
+                g.input_shape()
+            )
+        })
     }
 }
 
@@ -308,19 +348,21 @@ impl CustomOp2 for GradKernel {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        dispatch!(
-            s1,
-            l1,
-            g.input_shape(),
-            "input",
-            s2,
-            l2,
-            g.output_shape(),
-            "output gradient",
-            grad_kernel,
-            g,
-            g.kernel_shape()
-        )
+        profile::record(profile::Op::GradKernel, g.flops(), || {
+            dispatch!(
+                s1,
+                l1,
+                g.input_shape(),
+                "input",
+                s2,
+                l2,
+                g.output_shape(),
+                "output gradient",
+                grad_kernel,
+                g,
+                g.kernel_shape()
+            )
+        })
     }
 }
 

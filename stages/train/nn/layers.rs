@@ -2,10 +2,12 @@
 //! tensors. Every layer works in whatever float dtype its weights were built in: f32 for training, f64 for the
 //! finite-difference checks.
 
+use std::cell::Cell;
+
 use candle_core::{bail, DType, Device, Result, Shape, Tensor, Var};
 use rand_chacha::ChaCha20Rng;
 
-use super::conv::conv2d;
+pub use super::conv::ConvKernel;
 use super::params::{unit_uniform, ParamStore, Role};
 
 /// Keras' "same" padding (before, after) along one axis of length `n` for kernel `k` and stride `s`. With an even
@@ -21,14 +23,44 @@ pub fn same_output(n: usize, s: usize) -> usize {
     n.div_ceil(s)
 }
 
+thread_local! {
+    /// The implementation [`Conv2d::new`] gives the layers it builds on this thread. It differs from the
+    /// default only inside a [`ConvKernelScope`], i.e. while `models::build_with` constructs a network, whose
+    /// constructors build their layers on the calling thread.
+    static BUILD_CONV_KERNEL: Cell<ConvKernel> = const { Cell::new(ConvKernel::Im2colGemm) };
+}
+
+/// While alive, [`Conv2d::new`] on this thread builds layers that run on `kernel`; dropping it restores the
+/// previous choice, also when the build fails. Each layer keeps its own copy, so the scope only matters while
+/// a model is being built.
+pub(crate) struct ConvKernelScope {
+    previous: ConvKernel,
+}
+
+impl ConvKernelScope {
+    pub(crate) fn enter(kernel: ConvKernel) -> Self {
+        Self {
+            previous: BUILD_CONV_KERNEL.with(|k| k.replace(kernel)),
+        }
+    }
+}
+
+impl Drop for ConvKernelScope {
+    fn drop(&mut self) {
+        BUILD_CONV_KERNEL.with(|k| k.set(self.previous));
+    }
+}
+
 /// A k x k convolution with "same" padding and no bias; kernel [c_out, c_in, k, k], Glorot-uniform init.
 pub struct Conv2d {
     kernel: Var,
     k: usize,
     stride: usize,
+    implementation: ConvKernel,
 }
 
 impl Conv2d {
+    /// A layer on the im2col-gemm kernel, or on the one the enclosing `models::build_with` asks for.
     pub fn new(
         p: &mut ParamStore,
         name: &str,
@@ -36,6 +68,20 @@ impl Conv2d {
         c_out: usize,
         k: usize,
         stride: usize,
+    ) -> Result<Self> {
+        let implementation = BUILD_CONV_KERNEL.with(Cell::get);
+        Self::with_kernel(p, name, c_in, c_out, k, stride, implementation)
+    }
+
+    /// A layer whose convolution runs on `implementation`; its weights do not depend on the choice.
+    pub fn with_kernel(
+        p: &mut ParamStore,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        implementation: ConvKernel,
     ) -> Result<Self> {
         if c_in == 0 || c_out == 0 || k == 0 || stride == 0 {
             bail!("conv {name}: channels, kernel size and stride must be positive");
@@ -46,11 +92,20 @@ impl Conv2d {
             c_in * k * k,
             c_out * k * k,
         )?;
-        Ok(Self { kernel, k, stride })
+        Ok(Self {
+            kernel,
+            k,
+            stride,
+            implementation,
+        })
     }
 
     pub fn kernel(&self) -> &Var {
         &self.kernel
+    }
+
+    pub fn implementation(&self) -> ConvKernel {
+        self.implementation
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -74,7 +129,8 @@ impl Conv2d {
             x.pad_with_zeros(2, top - common, bottom - common)?
                 .pad_with_zeros(3, left - common, right - common)?
         };
-        conv2d(&x, self.kernel.as_tensor(), self.stride, common)
+        self.implementation
+            .conv2d(&x, self.kernel.as_tensor(), self.stride, common)
     }
 
     fn crop_unread(&self, x: &Tensor, dim: usize, n: usize, padding: usize) -> Result<Tensor> {
