@@ -148,30 +148,14 @@ fn the_default_build_is_the_im2col_build_bit_for_bit() {
 }
 
 #[test]
-fn the_choice_ends_with_the_build_even_a_failed_one() {
-    let layer = || {
-        let mut p = ParamStore::new(SEED, DType::F32, &Device::Cpu);
-        Conv2d::new(&mut p, "c", 1, 2, 3, 1)
-            .unwrap()
-            .implementation()
-    };
-    let s = spec(Architecture::UnetLean, 16, 16);
-    build_with(&s, SEED, DType::F32, &Device::Cpu, ConvKernel::CandleStock).unwrap();
-    assert_eq!(layer(), ConvKernel::Im2colGemm);
-    let too_small = spec(Architecture::UnetLean, 2, 2);
-    assert!(build_with(
-        &too_small,
-        SEED,
-        DType::F32,
-        &Device::Cpu,
-        ConvKernel::CandleStock
-    )
-    .is_err());
-    assert_eq!(layer(), ConvKernel::Im2colGemm);
-
-    let _scope = ConvKernelScope::enter(ConvKernel::CandleStock);
-    assert_eq!(layer(), ConvKernel::CandleStock);
-    let mut p = ParamStore::new(SEED, DType::F32, &Device::Cpu);
-    let explicit = Conv2d::with_kernel(&mut p, "c", 1, 2, 3, 1, ConvKernel::Im2colGemm).unwrap();
+fn a_layer_runs_on_the_kernel_its_store_was_configured_with() {
+    let layer = |p: &mut ParamStore| Conv2d::new(p, "c", 1, 2, 3, 1).unwrap().implementation();
+    let mut default = ParamStore::new(SEED, DType::F32, &Device::Cpu);
+    assert_eq!(layer(&mut default), ConvKernel::Im2colGemm);
+    let mut stock =
+        ParamStore::new(SEED, DType::F32, &Device::Cpu).with_conv_kernel(ConvKernel::CandleStock);
+    assert_eq!(layer(&mut stock), ConvKernel::CandleStock);
+    let explicit =
+        Conv2d::with_kernel(&mut stock, "d", 1, 2, 3, 1, ConvKernel::Im2colGemm).unwrap();
     assert_eq!(explicit.implementation(), ConvKernel::Im2colGemm);
 }

@@ -1,6 +1,7 @@
 //! Efficient_VGG: three blocks of [conv 3x3 -> BN -> ReLU -> max pool -> SE] with 16, 32 and 64 filters, then
 //! global average pool -> dense 128 (ReLU) -> dropout 0.5 -> dense to the classes.
 
+use crate::train::nn::conv::ConvKernel;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::{check_input, split_mode, ModelSpec, Tally};
@@ -30,9 +31,16 @@ pub struct EfficientVgg {
 }
 
 impl EfficientVgg {
-    pub fn new(spec: &ModelSpec, seed: [u8; 32], dtype: DType, device: &Device) -> Result<Self> {
-        let mut p =
-            ParamStore::new(seed, dtype, device).with_batch_norm_momentum(spec.batch_norm_momentum);
+    pub fn new(
+        spec: &ModelSpec,
+        seed: [u8; 32],
+        dtype: DType,
+        device: &Device,
+        kernel: ConvKernel,
+    ) -> Result<Self> {
+        let mut p = ParamStore::new(seed, dtype, device)
+            .with_batch_norm_momentum(spec.batch_norm_momentum)
+            .with_conv_kernel(kernel);
         let mut blocks = Vec::new();
         let mut c_in = 1;
         for (i, filters) in FILTERS.iter().enumerate() {

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::train::classifier::{Classifier, Mode};
-use crate::train::nn::layers::{same_output, se_hidden, ConvKernelScope};
+use crate::train::nn::layers::{same_output, se_hidden};
 
 pub use crate::train::nn::conv::ConvKernel;
 
@@ -124,13 +124,14 @@ pub fn build_with(
     device: &Device,
     kernel: ConvKernel,
 ) -> Result<Box<dyn Classifier>> {
-    let _scope = ConvKernelScope::enter(kernel);
     spec.validate()?;
     Ok(match spec.arch {
-        Architecture::EfficientVgg => Box::new(EfficientVgg::new(spec, seed, dtype, device)?),
-        Architecture::ResSe => Box::new(ResSe::new(spec, seed, dtype, device)?),
+        Architecture::EfficientVgg => {
+            Box::new(EfficientVgg::new(spec, seed, dtype, device, kernel)?)
+        }
+        Architecture::ResSe => Box::new(ResSe::new(spec, seed, dtype, device, kernel)?),
         Architecture::Unet | Architecture::UnetLean => {
-            Box::new(Unet::new(spec, seed, dtype, device)?)
+            Box::new(Unet::new(spec, seed, dtype, device, kernel)?)
         }
     })
 }

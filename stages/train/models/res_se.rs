@@ -1,6 +1,7 @@
 //! ResSE_AudioCNN: stem [conv 32 -> BN -> PReLU], three residual blocks with (filters, stride) (64, 2), (128, 2),
 //! (256, 2), then global average pool -> dropout 0.5 -> dense to the classes.
 
+use crate::train::nn::conv::ConvKernel;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::{check_input, split_mode, ModelSpec, Tally};
@@ -76,9 +77,16 @@ pub struct ResSe {
 }
 
 impl ResSe {
-    pub fn new(spec: &ModelSpec, seed: [u8; 32], dtype: DType, device: &Device) -> Result<Self> {
-        let mut p =
-            ParamStore::new(seed, dtype, device).with_batch_norm_momentum(spec.batch_norm_momentum);
+    pub fn new(
+        spec: &ModelSpec,
+        seed: [u8; 32],
+        dtype: DType,
+        device: &Device,
+        kernel: ConvKernel,
+    ) -> Result<Self> {
+        let mut p = ParamStore::new(seed, dtype, device)
+            .with_batch_norm_momentum(spec.batch_norm_momentum)
+            .with_conv_kernel(kernel);
         let stem = spec.scaled(STEM);
         let stem_conv = Conv2d::new(&mut p, "stem.conv", 1, stem, 3, 1)?;
         let stem_bn = BatchNorm::new(&mut p, "stem.bn", stem)?;

@@ -4,6 +4,7 @@
 //! pool, conv 64, pool, conv 128, each conv followed by BN and PReLU. Both end with global average pool ->
 //! dropout 0.5 -> dense to the classes.
 
+use crate::train::nn::conv::ConvKernel;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::{check_input, split_mode, Architecture, ModelSpec, Tally};
@@ -84,12 +85,19 @@ pub struct Unet {
 
 impl Unet {
     /// Builds `spec.arch`, which must be `Unet` or `UnetLean`.
-    pub fn new(spec: &ModelSpec, seed: [u8; 32], dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        spec: &ModelSpec,
+        seed: [u8; 32],
+        dtype: DType,
+        device: &Device,
+        kernel: ConvKernel,
+    ) -> Result<Self> {
         if !matches!(spec.arch, Architecture::Unet | Architecture::UnetLean) {
             candle_core::bail!("Unet cannot build {:?}", spec.arch);
         }
-        let mut p =
-            ParamStore::new(seed, dtype, device).with_batch_norm_momentum(spec.batch_norm_momentum);
+        let mut p = ParamStore::new(seed, dtype, device)
+            .with_batch_norm_momentum(spec.batch_norm_momentum)
+            .with_conv_kernel(kernel);
         let mut stages = Vec::new();
         let mut c_in = 1;
         for (s, stage) in plan(spec.arch).iter().enumerate() {

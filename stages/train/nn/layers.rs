@@ -2,7 +2,6 @@
 //! tensors. Every layer works in whatever float dtype its weights were built in: f32 for training, f64 for the
 //! finite-difference checks.
 
-use std::cell::Cell;
 
 use candle_core::{bail, DType, Device, Result, Shape, Tensor, Var};
 use rand_chacha::ChaCha20Rng;
@@ -23,34 +22,6 @@ pub fn same_output(n: usize, s: usize) -> usize {
     n.div_ceil(s)
 }
 
-thread_local! {
-    /// The implementation [`Conv2d::new`] gives the layers it builds on this thread. It differs from the
-    /// default only inside a [`ConvKernelScope`], i.e. while `models::build_with` constructs a network, whose
-    /// constructors build their layers on the calling thread.
-    static BUILD_CONV_KERNEL: Cell<ConvKernel> = const { Cell::new(ConvKernel::Im2colGemm) };
-}
-
-/// While alive, [`Conv2d::new`] on this thread builds layers that run on `kernel`; dropping it restores the
-/// previous choice, also when the build fails. Each layer keeps its own copy, so the scope only matters while
-/// a model is being built.
-pub(crate) struct ConvKernelScope {
-    previous: ConvKernel,
-}
-
-impl ConvKernelScope {
-    pub(crate) fn enter(kernel: ConvKernel) -> Self {
-        Self {
-            previous: BUILD_CONV_KERNEL.with(|k| k.replace(kernel)),
-        }
-    }
-}
-
-impl Drop for ConvKernelScope {
-    fn drop(&mut self) {
-        BUILD_CONV_KERNEL.with(|k| k.set(self.previous));
-    }
-}
-
 /// A k x k convolution with "same" padding and no bias; kernel [c_out, c_in, k, k], Glorot-uniform init.
 pub struct Conv2d {
     kernel: Var,
@@ -60,7 +31,7 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// A layer on the im2col-gemm kernel, or on the one the enclosing `models::build_with` asks for.
+    /// A layer on the convolution implementation `p` was configured with (im2col-gemm by default).
     pub fn new(
         p: &mut ParamStore,
         name: &str,
@@ -69,7 +40,7 @@ impl Conv2d {
         k: usize,
         stride: usize,
     ) -> Result<Self> {
-        let implementation = BUILD_CONV_KERNEL.with(Cell::get);
+        let implementation = p.conv_kernel();
         Self::with_kernel(p, name, c_in, c_out, k, stride, implementation)
     }
 

@@ -2,6 +2,7 @@
 //! ChaCha20 stream seeded by blake3(model seed, tensor name). A tensor's initial values therefore depend only on
 //! the model seed and its own name, so adding, removing or reordering layers never shifts another layer's init.
 
+use super::conv::ConvKernel;
 use std::collections::BTreeMap;
 
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
@@ -50,6 +51,7 @@ pub struct ParamStore {
     device: Device,
     vars: BTreeMap<String, (Var, Role)>,
     batch_norm_momentum: f64,
+    conv_kernel: ConvKernel,
 }
 
 impl ParamStore {
@@ -60,7 +62,18 @@ impl ParamStore {
             device: device.clone(),
             vars: BTreeMap::new(),
             batch_norm_momentum: super::layers::BN_MOMENTUM,
+            conv_kernel: ConvKernel::default(),
         }
+    }
+
+    /// The implementation every convolution built from this store runs on (its weights do not depend on it).
+    pub fn with_conv_kernel(mut self, kernel: ConvKernel) -> Self {
+        self.conv_kernel = kernel;
+        self
+    }
+
+    pub fn conv_kernel(&self) -> ConvKernel {
+        self.conv_kernel
     }
 
     /// The running-statistics momentum every batch norm built from this store uses.
