@@ -4,8 +4,8 @@
 //! - [`grouped_folds`]: the leak-free way. Tracks, not segments, are dealt into folds, stratified by class;
 //!   tracks with identical audio (the split's duplicate groups) are dealt as one unit, so no audio reaches
 //!   two folds.
-//! - [`segment_folds`]: the study's way, kept as a replica: scikit-learn's shuffled `KFold` over segments,
-//!   which puts most tracks' segments in several folds.
+//! - [`segment_folds`]: the study's way, kept as a replica: a shuffled `StratifiedKFold` over segments, which
+//!   puts most tracks' segments in several folds.
 //!
 //! Both draw from a ChaCha stream seeded by the caller from what every fold of one cross-validation shares
 //! (never from one fold's stage key), so the five members of a family agree on the assignment.
@@ -78,19 +78,22 @@ pub fn grouped_folds(
     fold_of
 }
 
-/// Each of `n` segments' fold, as scikit-learn's `KFold(n_splits=folds, shuffle=True)` deals them: a
-/// permutation cut into `folds` contiguous runs, the first `n % folds` runs one longer.
-pub fn segment_folds(n: usize, folds: usize, rng: &mut ChaCha20Rng) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(rng);
-    let mut fold_of = vec![0; n];
-    let mut start = 0;
-    for fold in 0..folds {
-        let len = n / folds + usize::from(fold < n % folds);
-        for &i in &order[start..start + len] {
-            fold_of[i] = fold;
+/// Each segment's fold (segments given by their labels, in row order), as the study drew them with
+/// scikit-learn's shuffled `StratifiedKFold` on segment labels: per class, the segments shuffled and dealt round
+/// robin, one cursor running on across classes. A track's segments scatter over the folds.
+pub fn segment_folds(labels: &[u32], folds: usize, rng: &mut ChaCha20Rng) -> Vec<usize> {
+    let mut by_class: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, &label) in labels.iter().enumerate() {
+        by_class.entry(label).or_default().push(i);
+    }
+    let mut fold_of = vec![0; labels.len()];
+    let mut cursor = 0usize;
+    for rows in by_class.values_mut() {
+        rows.shuffle(rng);
+        for &i in rows.iter() {
+            fold_of[i] = cursor % folds;
+            cursor += 1;
         }
-        start += len;
     }
     fold_of
 }

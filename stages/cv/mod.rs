@@ -219,7 +219,10 @@ fn assign_folds(
     seed.update(ids_digest(pool.rows.iter().map(|r| r.2.id.as_str())).as_bytes());
     let mut rng = ChaCha20Rng::from_seed(*seed.finalize().as_bytes());
     match params.mode {
-        Mode::StudyReplica => Ok(segment_folds(pool.rows.len(), params.folds, &mut rng)),
+        Mode::StudyReplica => {
+            let labels: Vec<u32> = pool.rows.iter().map(|r| r.2.label).collect();
+            Ok(segment_folds(&labels, params.folds, &mut rng))
+        }
         Mode::Grouped => {
             let mut labels: BTreeMap<&str, u32> = BTreeMap::new();
             for r in &pool.rows {

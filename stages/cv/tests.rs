@@ -68,20 +68,22 @@ fn grouped_folds_depend_on_the_seed_only_not_on_input_order() {
 }
 
 #[test]
-fn segment_folds_cut_a_permutation_like_kfold_and_split_tracks_across_folds() {
-    let n = 103;
-    let folds = segment_folds(n, 5, &mut ChaCha20Rng::seed_from_u64(2));
-    let mut sizes = [0usize; 5];
-    for &f in &folds {
-        sizes[f] += 1;
+fn segment_folds_stratify_by_label_and_split_tracks_across_folds() {
+    // 12 tracks of ten segments, two classes, rows in track order as the pool holds them.
+    let labels: Vec<u32> = (0..120).map(|i| (i / 10 % 2) as u32).collect();
+    let folds = segment_folds(&labels, 5, &mut ChaCha20Rng::seed_from_u64(2));
+    for class in 0..2 {
+        let mut per_fold = [0usize; 5];
+        for (f, _) in folds.iter().zip(&labels).filter(|(_, &l)| l == class) {
+            per_fold[*f] += 1;
+        }
+        assert_eq!(per_fold, [12; 5], "class {class}");
     }
-    assert_eq!(sizes, [21, 21, 21, 20, 20]);
-    // Ten consecutive rows are one track's segments: most tracks reach several folds.
     let split_tracks = folds
         .chunks(10)
         .filter(|track| track.iter().collect::<BTreeSet<_>>().len() > 1)
         .count();
-    assert!(split_tracks >= 9, "{split_tracks} of 11 tracks span folds");
+    assert_eq!(split_tracks, 12, "every track's segments should span folds");
 }
 
 #[test]

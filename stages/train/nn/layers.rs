@@ -2,7 +2,6 @@
 //! tensors. Every layer works in whatever float dtype its weights were built in: f32 for training, f64 for the
 //! finite-difference checks.
 
-
 use candle_core::{bail, DType, Device, Result, Shape, Tensor, Var};
 use rand_chacha::ChaCha20Rng;
 
