@@ -3,9 +3,9 @@
 //! Inputs: `features@train` and `features@val` (never test: the kind does not declare it, so the engine
 //! never hands it over), the `scaler` statistics they are read through, `segments` and `tracks` (class
 //! names). Output `model/`: `weights.safetensors` (the best epoch's weights and batch-norm statistics),
-//! `optimizer.safetensors` (Adam's state after the last epoch), `history.csv` (one row per epoch), and
-//! `model.json` (the spec, parameter and multiply-add counts, the settings, the best epoch and the
-//! validation scores at segment and track level).
+//! `optimizer.safetensors` (Adam's state after the last epoch), `history.csv` (one row per epoch),
+//! `curve.svg` (that history drawn, the best epoch marked), and `model.json` (the spec, parameter and
+//! multiply-add counts, the settings, the best epoch and the validation scores at segment and track level).
 //!
 //! Invariants: initialisation, shuffling, SpecAugment and dropout are drawn from ChaCha streams derived from
 //! the stage key, and every reduction's order is fixed, so the folder's bytes do not depend on the thread
@@ -28,6 +28,7 @@ use super::data::LoadedSplit;
 use super::fit::{self, EpochProgress, FitHooks, FitNote, FitSettings};
 use super::metrics::{self, Evaluation};
 use super::models::{self, Architecture, ModelSpec};
+use crate::common::charts::{self, EpochScores};
 use crate::common::scaled_reader::ScaledFeatures;
 use crate::common::tables::{SegmentTable, TrackTable};
 
@@ -234,6 +235,12 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         .map_err(candle_error("saving weights"))?;
     copy_optimizer_state(checkpoint, &dir.join("optimizer.safetensors"))?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
+    write_curve(
+        &dir.join("curve.svg"),
+        &model_title(params),
+        &outcome.history,
+        outcome.best_epoch,
+    )?;
     let probs = fit::predict(model.as_ref(), &val.as_set(), params.batch_size)
         .map_err(candle_error("validation"))?;
     let val_scores = metrics::evaluate(&probs, spec.classes, &val.labels, &val.tracks)
@@ -323,6 +330,43 @@ fn write_history(path: &Path, history: &[fit::EpochRecord]) -> Result<(), StageE
         );
     }
     std::fs::write(path, csv).map_err(|e| StageError::io(path, e))
+}
+
+/// The network as the summary names it; from the params alone, since the stage's name in a pipeline does
+/// not enter its key and so must not enter its outputs.
+fn model_title(params: &Params) -> String {
+    format!(
+        "{:?} width {}{}",
+        params.arch,
+        params.width,
+        if params.augment {
+            " with SpecAugment"
+        } else {
+            ""
+        }
+    )
+}
+
+fn write_curve(
+    path: &Path,
+    title: &str,
+    history: &[fit::EpochRecord],
+    best_epoch: usize,
+) -> Result<(), StageError> {
+    let epochs: Vec<EpochScores> = history
+        .iter()
+        .map(|r| EpochScores {
+            epoch: r.epoch,
+            train_loss: r.train_loss,
+            train_accuracy: r.train_accuracy,
+            val_loss: r.val_loss,
+            val_accuracy: r.val_accuracy,
+            val_track_accuracy: r.val_track_accuracy,
+        })
+        .collect();
+    let svg = charts::training_curve(title, &epochs, best_epoch)
+        .map_err(|e| StageError::Invalid(format!("training curve: {e}")))?;
+    std::fs::write(path, svg).map_err(|e| StageError::io(path, e))
 }
 
 const NEEDS: &[Need] = &[
