@@ -3,6 +3,7 @@
 
 pub mod audio;
 pub mod baseline;
+pub mod charts;
 pub mod common;
 pub mod cv;
 pub mod features;

@@ -81,6 +81,7 @@ fn the_model_folder_has_the_same_bytes_on_one_and_two_threads() {
         .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     for name in [
+        "curve.svg",
         "history.csv",
         "model.json",
         "optimizer.safetensors",

@@ -1,7 +1,6 @@
 //! Formats shared by several stages: the JSON record tables, the tensor file, and standardised features
 //! read through the scaler's statistics.
 
-pub mod charts;
 pub mod scaled_reader;
 pub mod split_tensors;
 pub mod tables;

@@ -28,7 +28,7 @@ use super::data::LoadedSplit;
 use super::fit::{self, EpochProgress, FitHooks, FitNote, FitSettings};
 use super::metrics::{self, Evaluation};
 use super::models::{self, Architecture, ModelSpec};
-use crate::common::charts::{self, EpochScores};
+use crate::charts::{self, EpochScores};
 use crate::common::scaled_reader::ScaledFeatures;
 use crate::common::tables::{SegmentTable, TrackTable};
 
@@ -383,7 +383,7 @@ pub fn kind() -> Box<dyn StageKind> {
         about: "train one of the study's CNNs on train, early-stopped on val (never reads test); a model folder",
         needs: NEEDS,
         outputs: &["model/"],
-        code_dirs: &["train", "common"],
+        code_dirs: &["train", "charts", "common"],
         determinism: Determinism::Exact,
         run,
     })

@@ -693,5 +693,4 @@ pub fn confusion_heatmap(
 }
 
 #[cfg(test)]
-#[path = "charts_tests.rs"]
 mod tests;
