@@ -8,11 +8,15 @@ build:
 	$(CARGO) build --release
 
 ## Run the whole pipeline on the embedded synthetic corpus (generated on first run), time the trained models
-## inference on this machine (the efficiency table; never cached), then verify the store.
+## inference on this machine (the efficiency table; never cached), verify the store, and copy the report to
+## reports/latest/.
 reproduce: build
 	$(BIN) run
 	$(BIN) efficiency
 	$(BIN) verify
+	@$(BIN) export report --to reports/latest >/dev/null
+	@echo; sed -n '/^## Headline/,/^Source/p' reports/latest/report.md | grep -v '^Source'
+	@echo "report: reports/latest/report.html (and report.md)"
 
 ## Format check, lints, unit and end-to-end tests (the engine's toy stages are compiled in for the tests).
 test: lint

@@ -127,6 +127,19 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy a stage's output out of the store into a folder (e.g. the report, to open in a browser), from
+    /// what pipeline.lock records; prints each file's path. Files already there with other content are
+    /// replaced; nothing else in the folder is touched.
+    Export {
+        /// The stage whose output to copy.
+        stage: String,
+        /// Which output, when the stage has several (default: its only one).
+        #[arg(long)]
+        output: Option<String>,
+        /// Destination folder (created if missing).
+        #[arg(long, value_name = "DIR")]
+        to: std::path::PathBuf,
+    },
     /// Time inference of every model the tournament ranked (ms per segment at batch 1 and 32, median of
     /// repeated passes) and print the efficiency table: parameters, multiply-adds, latency, test accuracy.
     /// Latency is measured on this machine now and never cached; the rest is read from the locked artifacts.

@@ -503,3 +503,73 @@ pub fn gc(project: &Project, dry_run: bool) -> Result<GcReport, EngineError> {
         actions_removed,
     })
 }
+
+/// Copies stage `stage`'s output (`output`, or its only one) as pipeline.lock records it into folder `to`,
+/// every file checked against its digest on the way; returns the paths written. A folder output keeps its
+/// layout; a file output is written under its output name.
+pub fn export(
+    project: &Project,
+    stage: &str,
+    output: Option<&str>,
+    to: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, EngineError> {
+    let lock = LockFile::load(&project.lock_path)?;
+    let entry = lock.stages.get(stage).ok_or_else(|| {
+        EngineError::UnknownStage(
+            stage.to_string(),
+            format!(" in {}", project.lock_path.display()),
+        )
+    })?;
+    let (name, digest) = match output {
+        Some(name) => entry.outputs.get_key_value(name).ok_or_else(|| {
+            EngineError::Other(format!(
+                "stage `{stage}` has no output `{name}` (it has: {})",
+                entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?,
+        None => match entry.outputs.iter().collect::<Vec<_>>().as_slice() {
+            [one] => *one,
+            many => {
+                return Err(EngineError::Other(format!(
+                    "stage `{stage}` has {} outputs; name one with --output ({})",
+                    many.len(),
+                    entry.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )))
+            }
+        },
+    };
+    let bytes = project.blobs().read(digest)?;
+    let files: Vec<(String, Digest)> = match serde_json::from_slice::<crate::cas::Tree>(&bytes) {
+        Ok(tree) => tree.files.into_iter().map(|f| (f.path, f.digest)).collect(),
+        Err(_) => vec![(name.clone(), digest.clone())],
+    };
+    let mut written = Vec::new();
+    for (path, digest) in files {
+        let bytes = project.blobs().read(&digest)?;
+        if crate::hashing::digest_bytes(&bytes) != digest {
+            return Err(EngineError::Other(format!(
+                "{stage}: `{path}` in the store no longer matches its digest {}; `genrelab verify` names what is damaged",
+                short(&digest)
+            )));
+        }
+        // A tree is checked by digest, but its paths still come from a file: never write outside `to`.
+        let relative = std::path::Path::new(&path);
+        if !relative
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(EngineError::Other(format!(
+                "{stage}: refusing to export `{path}`: not a plain relative path"
+            )));
+        }
+        let dest = to.join(relative);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                EngineError::Other(format!("{}: cannot create: {e}", parent.display()))
+            })?;
+        }
+        crate::store::write_atomic(&dest, &bytes)?;
+        written.push(dest);
+    }
+    Ok(written)
+}

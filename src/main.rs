@@ -451,6 +451,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+        Command::Export { stage, output, to } => {
+            let _shared = project.lock(false, "export")?;
+            for path in inspect::export(&project, &stage, output.as_deref(), &to)? {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Efficiency { repeats, csv } => {
             let _shared = project.lock(false, "efficiency")?;
             let repeats = repeats as usize;

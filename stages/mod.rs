@@ -8,6 +8,7 @@ pub mod common;
 pub mod cv;
 pub mod features;
 pub mod ingest;
+pub mod report;
 pub mod scaler;
 pub mod slice;
 pub mod split;
@@ -33,6 +34,7 @@ pub fn registry() -> Vec<Box<dyn StageKind>> {
         tournament::kind(),
         cv::kind(),
         cv::summary::kind(),
+        report::kind(),
     ];
     #[cfg(feature = "toy-stages")]
     kinds.extend(toy::kinds());

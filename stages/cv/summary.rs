@@ -241,8 +241,9 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         .collect();
     if let Some(gap) = summary.replica_gap_segment_accuracy {
         lines.push(format!(
-            "the study's replica reads {:+.1} points above the grouped estimate on the same tracks",
-            100.0 * gap
+            "the study's replica reads {:.1} points {} the grouped estimate on the same tracks",
+            100.0 * gap.abs(),
+            if gap >= 0.0 { "above" } else { "below" }
         ));
     }
     Ok(StageReport {
