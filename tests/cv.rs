@@ -9,25 +9,7 @@ use std::collections::BTreeSet;
 
 use util::Project;
 
-const PIPELINE: &str = "\
-dataset:
-  root: data/tiny
-  synthetic: {tracks_per_genre: 6, seed: 3, duplicates: 0}
-stages:
-  - name: ingest
-    kind: ingest
-    inputs: [dataset]
-  - name: split
-    kind: split
-    inputs: [ingest]
-  - name: slice
-    kind: slice
-    inputs: [ingest, split]
-    params: {segments_per_track: 3}
-  - name: features
-    kind: features
-    inputs: [dataset, ingest, slice]
-    params: {n_mels: 32, hop_length: 2048}
+const STAGES: &str = "
   - name: cv
     kind: cv
     inputs: [features, slice, split, ingest]
@@ -42,31 +24,6 @@ stages:
     inputs: [cv]
 ";
 
-fn object(p: &Project, digest: &str) -> serde_json::Value {
-    let path = p
-        .path()
-        .join("artifacts/objects")
-        .join(&digest[..2])
-        .join(digest);
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
-}
-
-/// A file of a stage's folder output, read through its stored tree (a last stage's folder is never
-/// materialised, since nothing downstream reads it).
-fn output_file(p: &Project, stage: &str, output: &str, file: &str) -> serde_json::Value {
-    let digest = p
-        .lock_field(stage, &["outputs", output])
-        .unwrap_or_else(|| panic!("{stage} has no {output}:\n{}", p.lock()));
-    let tree = object(p, &digest);
-    let entry = tree["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == file)
-        .unwrap_or_else(|| panic!("{stage}: no {file} in {tree}"));
-    object(p, entry["digest"].as_str().unwrap())
-}
-
 fn tracks(v: &serde_json::Value) -> BTreeSet<String> {
     v["tracks"]
         .as_array()
@@ -78,14 +35,14 @@ fn tracks(v: &serde_json::Value) -> BTreeSet<String> {
 
 #[test]
 fn grouped_folds_never_share_a_track_and_the_replica_does() {
-    let p = Project::new(PIPELINE);
+    let p = Project::new(&(util::tiny_data_path(6, 3) + STAGES));
     let run = p.run(&["run"]);
     assert_eq!(run.code, 0, "{}", run.all());
 
     let mut held_out_union = BTreeSet::new();
     for k in 0..3 {
         let member = format!("cv[fold={k},mode=grouped]");
-        let fold = output_file(&p, &member, "fold", "fold.json");
+        let fold = p.output_json(&member, "fold", "fold.json");
         let (train, stop, held) = (
             tracks(&fold["train"]),
             tracks(&fold["early_stopping"]),
@@ -123,7 +80,9 @@ fn grouped_folds_never_share_a_track_and_the_replica_does() {
         assert_eq!(fitted, tracks(&fold["train"]), "{member}");
     }
     // Every train and val track is held out exactly once.
-    let split = object(&p, &p.lock_field("split", &["outputs", "split"]).unwrap());
+    let split: serde_json::Value =
+        serde_json::from_slice(&p.object(&p.lock_field("split", &["outputs", "split"]).unwrap()))
+            .unwrap();
     let pool: BTreeSet<String> = ["train", "val"]
         .iter()
         .flat_map(|s| split[*s].as_array().unwrap().iter())
@@ -131,7 +90,7 @@ fn grouped_folds_never_share_a_track_and_the_replica_does() {
         .collect();
     assert_eq!(held_out_union, pool);
 
-    let replica = output_file(&p, "cv[fold=0,mode=study_replica]", "fold", "fold.json");
+    let replica = p.output_json("cv[fold=0,mode=study_replica]", "fold", "fold.json");
     assert!(
         replica["held_out_tracks_also_trained_on"].as_u64().unwrap() > 0,
         "the replica's folds should share tracks: {}",
@@ -144,7 +103,7 @@ fn grouped_folds_never_share_a_track_and_the_replica_does() {
         "the replica's scaler sees every train and val track"
     );
 
-    let summary = output_file(&p, "cv_summary", "cv", "cv.json");
+    let summary = p.output_json("cv_summary", "cv", "cv.json");
     let grouped = &summary["modes"][0];
     assert_eq!(grouped["mode"], "grouped");
     let accs: Vec<f64> = grouped["folds"]

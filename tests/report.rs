@@ -8,25 +8,7 @@ use std::process::Command;
 
 use util::Project;
 
-const PIPELINE: &str = "\
-dataset:
-  root: data/tiny
-  synthetic: {tracks_per_genre: 6, seed: 3, duplicates: 0}
-stages:
-  - name: ingest
-    kind: ingest
-    inputs: [dataset]
-  - name: split
-    kind: split
-    inputs: [ingest]
-  - name: slice
-    kind: slice
-    inputs: [ingest, split]
-    params: {segments_per_track: 3}
-  - name: features
-    kind: features
-    inputs: [dataset, ingest, slice]
-    params: {n_mels: 32, hop_length: 2048}
+const STAGES: &str = "
   - name: scaler
     kind: scaler
     inputs: [features, slice]
@@ -52,31 +34,6 @@ stages:
     kind: report
     inputs: [train, tournament, cv_summary, split, ingest, slice]
 ";
-
-fn object(p: &Project, digest: &str) -> Vec<u8> {
-    std::fs::read(
-        p.path()
-            .join("artifacts/objects")
-            .join(&digest[..2])
-            .join(digest),
-    )
-    .unwrap()
-}
-
-/// A file of a stage's folder output, through its stored tree.
-fn output_file(p: &Project, stage: &str, output: &str, file: &str) -> Vec<u8> {
-    let digest = p
-        .lock_field(stage, &["outputs", output])
-        .unwrap_or_else(|| panic!("{stage} has no {output}:\n{}", p.lock()));
-    let tree: serde_json::Value = serde_json::from_slice(&object(p, &digest)).unwrap();
-    let entry = tree["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == file)
-        .unwrap_or_else(|| panic!("{stage}: no {file}"));
-    object(p, entry["digest"].as_str().unwrap())
-}
 
 /// The rows of the Markdown table that follows `## heading`, as cells.
 fn markdown_table(md: &str, heading: &str) -> Vec<Vec<String>> {
@@ -104,19 +61,13 @@ fn pct(v: &serde_json::Value) -> String {
 
 #[test]
 fn the_report_reads_back_to_its_artifacts_and_renders_with_every_image() {
-    let p = Project::new(PIPELINE);
+    let p = Project::new(&(util::tiny_data_path(6, 3) + STAGES));
     let run = p.run(&["run"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    let md = String::from_utf8(output_file(&p, "report", "report", "report.md")).unwrap();
-    let html = String::from_utf8(output_file(&p, "report", "report", "report.html")).unwrap();
+    let md = String::from_utf8(p.output_file("report", "report", "report.md")).unwrap();
+    let html = String::from_utf8(p.output_file("report", "report", "report.html")).unwrap();
 
-    let board: serde_json::Value = serde_json::from_slice(&output_file(
-        &p,
-        "tournament",
-        "tournament",
-        "leaderboard.json",
-    ))
-    .unwrap();
+    let board = p.output_json("tournament", "tournament", "leaderboard.json");
     let rows = markdown_table(&md, "Leaderboard");
     let entries = board["entries"].as_array().unwrap();
     assert_eq!(rows.len(), entries.len());
@@ -128,8 +79,7 @@ fn the_report_reads_back_to_its_artifacts_and_renders_with_every_image() {
         assert_eq!(row[6], pct(&e["test_segment_accuracy"]));
         assert_eq!(row[8], pct(&e["test_track_accuracy"]));
     }
-    let cv: serde_json::Value =
-        serde_json::from_slice(&output_file(&p, "cv_summary", "cv", "cv.json")).unwrap();
+    let cv = p.output_json("cv_summary", "cv", "cv.json");
     let rows = markdown_table(&md, "Cross-validation");
     for mode in cv["modes"].as_array().unwrap() {
         let name = mode["mode"].as_str().unwrap();

@@ -8,25 +8,7 @@ use std::time::{Duration, Instant};
 
 use util::Project;
 
-const PIPELINE: &str = "\
-dataset:
-  root: data/tiny
-  synthetic: {tracks_per_genre: 5, seed: 3, duplicates: 0}
-stages:
-  - name: ingest
-    kind: ingest
-    inputs: [dataset]
-  - name: split
-    kind: split
-    inputs: [ingest]
-  - name: slice
-    kind: slice
-    inputs: [ingest, split]
-    params: {segments_per_track: 4}
-  - name: features
-    kind: features
-    inputs: [dataset, ingest, slice]
-    params: {n_mels: 32, hop_length: 2048}
+const STAGES: &str = "
   - name: scaler
     kind: scaler
     inputs: [features, slice]
@@ -41,7 +23,7 @@ stages:
 ";
 
 fn pipeline(threads: usize, epochs: usize) -> String {
-    PIPELINE
+    (util::tiny_data_path(5, 4) + STAGES)
         .replace("THREADS", &threads.to_string())
         .replace("EPOCHS", &epochs.to_string())
 }

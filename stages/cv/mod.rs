@@ -28,9 +28,8 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use genrelab_contract::{
-    ids_digest, read_json, write_canonical_json, Determinism, Lineage, Need, ParamProblem,
-    ProgressEvent, Record, Split, StageContext, StageError, StageKind, StageParams, StageReport,
-    TypedStage,
+    ids_digest, read_json, write_canonical_json, Determinism, Lineage, Need, ParamProblem, Record,
+    Split, StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
 };
 
 use crate::common::scaled_reader::{ScaledFeatures, ScalerStats};
@@ -38,10 +37,10 @@ use crate::common::split_tensors::{open_split, FEATURES};
 use crate::common::tables::{fit_record, Segment, SegmentTable, SplitTable, TrackTable};
 use crate::common::tensors::TensorFile;
 use crate::train::data::LoadedSplit;
-use crate::train::fit::{self, EpochProgress, EpochRecord, FitHooks, FitNote, SegmentSet};
+use crate::train::fit::{self, EpochRecord, SegmentSet};
 use crate::train::metrics::{self, Evaluation};
 use crate::train::models::{self, Architecture, ModelSpec};
-use crate::train::stage::{candle_device, candle_error};
+use crate::train::stage::{candle_device, candle_error, StageHooks};
 use folds::{grouped_folds, grouped_role, segment_folds, Role, TrackLabel};
 
 /// The splits a cross-validation draws its folds from: everything but test.
@@ -290,31 +289,6 @@ impl Gathered {
     }
 }
 
-struct Hooks<'a> {
-    ctx: &'a StageContext,
-}
-
-impl FitHooks for Hooks<'_> {
-    fn cancelled(&self) -> bool {
-        self.ctx.cancelled()
-    }
-    fn epoch_done(&mut self, p: &EpochProgress) {
-        self.ctx.report_progress(&ProgressEvent {
-            unit: "epoch",
-            done: p.epoch as u64,
-            total: Some(p.total as u64),
-            values: BTreeMap::from([
-                ("loss", p.train_loss),
-                ("stop_acc", p.val_accuracy),
-                ("samples/s", p.samples_per_second),
-            ]),
-        });
-    }
-    fn note(&mut self, note: &FitNote) {
-        tracing::info!(stage = %self.ctx.stage_name(), "{note:?}");
-    }
-}
-
 fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     params.check()?;
     let device = candle_device(ctx.exec().device)?;
@@ -428,7 +402,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         &params.train.settings(),
         &rng_for,
         Some(ctx.checkpoint_dir()?),
-        &mut Hooks { ctx },
+        &mut StageHooks { ctx },
     )
     .map_err(|e| match e {
         fit::FitError::Cancelled => StageError::Cancelled,

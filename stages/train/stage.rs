@@ -165,8 +165,10 @@ pub fn candle_error(context: &str) -> impl Fn(candle_core::Error) -> StageError 
     move |e| StageError::Invalid(format!("{context}: {e}"))
 }
 
-struct StageHooks<'a> {
-    ctx: &'a StageContext,
+/// Training progress as the engine's progress events, and cancellation from the engine: for every kind
+/// that trains through [`fit::fit`].
+pub struct StageHooks<'a> {
+    pub ctx: &'a StageContext,
 }
 
 impl FitHooks for StageHooks<'_> {

@@ -236,6 +236,35 @@ impl Project {
         v.as_str().map(str::to_string)
     }
 
+    /// A stored object's bytes, by digest.
+    pub fn object(&self, digest: &str) -> Vec<u8> {
+        let path = self
+            .path()
+            .join("artifacts/objects")
+            .join(&digest[..2])
+            .join(digest);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// One file of a stage's folder output, read through its stored tree (a last stage's folder is never
+    /// materialised, since nothing downstream reads it).
+    pub fn output_file(&self, stage: &str, output: &str, file: &str) -> Vec<u8> {
+        let digest = self
+            .lock_field(stage, &["outputs", output])
+            .unwrap_or_else(|| panic!("{stage} has no {output}:\n{}", self.lock()));
+        let tree: serde_json::Value = serde_json::from_slice(&self.object(&digest)).unwrap();
+        let entry = tree["files"]
+            .as_array()
+            .and_then(|files| files.iter().find(|f| f["path"] == file))
+            .unwrap_or_else(|| panic!("{stage}: no {file} in {tree}"));
+        self.object(entry["digest"].as_str().unwrap())
+    }
+
+    /// [`Project::output_file`] parsed as JSON.
+    pub fn output_json(&self, stage: &str, output: &str, file: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.output_file(stage, output, file)).unwrap()
+    }
+
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_genrelab"));
         cmd.current_dir(self.path())
@@ -787,4 +816,31 @@ impl Background {
             .expect("run kill");
         assert!(status.success(), "kill -INT {pid} failed");
     }
+}
+
+/// The data path of the training-level tests over a tiny synthetic corpus (32-band log-mels of
+/// `segments_per_track` segments per track); stages that consume it follow.
+pub fn tiny_data_path(tracks_per_genre: u32, segments_per_track: u32) -> String {
+    format!(
+        "\
+dataset:
+  root: data/tiny
+  synthetic: {{tracks_per_genre: {tracks_per_genre}, seed: 3, duplicates: 0}}
+stages:
+  - name: ingest
+    kind: ingest
+    inputs: [dataset]
+  - name: split
+    kind: split
+    inputs: [ingest]
+  - name: slice
+    kind: slice
+    inputs: [ingest, split]
+    params: {{segments_per_track: {segments_per_track}}}
+  - name: features
+    kind: features
+    inputs: [dataset, ingest, slice]
+    params: {{n_mels: 32, hop_length: 2048}}
+"
+    )
 }
