@@ -17,6 +17,7 @@ pub mod tournament;
 #[cfg(feature = "toy-stages")]
 pub mod toy;
 pub mod train;
+pub mod transfer;
 
 use genrelab_contract::StageKind;
 
@@ -34,6 +35,7 @@ pub fn registry() -> Vec<Box<dyn StageKind>> {
         tournament::kind(),
         cv::kind(),
         cv::summary::kind(),
+        transfer::kind(),
         report::kind(),
     ];
     #[cfg(feature = "toy-stages")]

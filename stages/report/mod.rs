@@ -2,8 +2,8 @@
 //! summary, every number read from an artifact and shown beside the digest of the artifact it came from.
 //!
 //! Inputs: every `model/` folder (training curves), `tournament/` (leaderboard, ablation, the champion's test
-//! evaluation), `cv/` (both cross-validations), and `split`, `tracks`, `quarantine`, `segments` (the data
-//! summary). Output `report/`: `report.html`, `report.md`.
+//! evaluation), `cv/` (both cross-validations), any `transfer/` results, and `split`, `tracks`, `quarantine`,
+//! `segments` (the data summary). Output `report/`: `report.html`, `report.md`.
 //!
 //! Nothing here computes a score: the page only arranges what upstream stages wrote, so a number on it can
 //! be checked against its artifact by digest. Inference latency is not on the page: it is a property of the
@@ -27,6 +27,7 @@ use crate::charts;
 use crate::common::tables::{Quarantine, SegmentTable, SplitTable, TrackTable, SPLITS};
 use crate::cv::summary::{CvSummary, MeanStd};
 use crate::tournament::{Champion, Leaderboard};
+use crate::transfer::TransferResult;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -229,7 +230,24 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         )),
         _ => {}
     }
-    headline.push("Transfer evaluation: not built yet.".to_string());
+    let mut transfer_headline = Vec::new();
+    for input in ctx.inputs("transfer") {
+        let t: TransferResult = read_json(&input.path.join("transfer.json"), "transfer")?;
+        let scores: Vec<String> = t
+            .methods
+            .iter()
+            .map(|m| format!("{} {}%", m.method, pct(m.test.segment.accuracy)))
+            .collect();
+        transfer_headline.push(format!(
+            "Transfer to {} classes (test segments): {}.",
+            t.classes.len(),
+            scores.join(", ")
+        ));
+    }
+    if transfer_headline.is_empty() {
+        transfer_headline.push("Transfer evaluation: none in this pipeline.".to_string());
+    }
+    headline.extend(transfer_headline);
 
     doc.heading("Headline");
     for line in &headline {
@@ -399,7 +417,42 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     doc.source("cv.json", cv);
 
     doc.heading("Transfer");
-    doc.paragraph("Not built yet: no transfer stage exists in this build, so there are no transfer scores to show.");
+    let transfers = ctx.inputs("transfer");
+    if transfers.is_empty() {
+        doc.paragraph(
+            "No transfer stage feeds this report, so there are no transfer scores to show.",
+        );
+    }
+    for input in transfers {
+        let t: TransferResult = read_json(&input.path.join("transfer.json"), "transfer")?;
+        doc.paragraph(&format!(
+            "{} (trained on the first corpus) on a second corpus of {} classes ({}): {} train and {} test segments, embeddings of {} values.",
+            t.source,
+            t.classes.len(),
+            t.classes.join(", "),
+            t.train_segments,
+            t.test_segments,
+            t.embedding_dim
+        ));
+        let mut table = Table::new(&[
+            "method",
+            "best epoch",
+            "test seg",
+            "test seg macro F1",
+            "test track",
+        ]);
+        for m in &t.methods {
+            table.row(vec![
+                m.method.clone(),
+                m.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
+                pct(m.test.segment.accuracy),
+                format!("{:.3}", m.test.segment.macro_f1),
+                pct(m.test.track_mean.accuracy),
+            ]);
+        }
+        doc.table(&table);
+        doc.source("transfer.json", input);
+    }
 
     doc.heading("Data: split and quarantine");
     let mut table = Table::new(&["class", "train", "val", "test"]);
@@ -476,6 +529,7 @@ const NEEDS: &[Need] = &[
     Need::one("tracks"),
     Need::one("quarantine"),
     Need::one("segments"),
+    Need::many("transfer"),
 ];
 
 pub fn kind() -> Box<dyn StageKind> {
@@ -484,7 +538,7 @@ pub fn kind() -> Box<dyn StageKind> {
         about: "one self-contained HTML page and a Markdown summary of every result, each number beside its artifact's digest",
         needs: NEEDS,
         outputs: &["report/"],
-        code_dirs: &["report", "charts", "cv", "tournament", "train", "common"],
+        code_dirs: &["report", "charts", "cv", "tournament", "transfer", "train", "common"],
         determinism: Determinism::Exact,
         run,
     })

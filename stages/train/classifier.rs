@@ -16,6 +16,11 @@ pub enum Mode<'a> {
 /// `[batch, classes]` (softmax is applied by the loss and by the metrics, not here).
 pub trait Classifier: Send {
     fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor>;
+    /// What the classification head reads, in evaluation mode: `[batch, features]`. Transfer evaluation
+    /// probes these frozen embeddings (a linear probe, k nearest neighbours).
+    fn embed(&self, _x: &Tensor) -> Result<Tensor> {
+        candle_core::bail!("this network exposes no embedding")
+    }
     /// What the optimizer updates, sorted by name.
     fn trainable(&self) -> Vec<(String, Var)>;
     /// Everything that makes up the model's weights file (trainable values and batch-norm running

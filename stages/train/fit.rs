@@ -425,6 +425,25 @@ pub fn load_state(model: &dyn Classifier, path: &Path) -> candle_core::Result<()
     set_state(&state, &values)
 }
 
+/// Restores from `path` only the state whose names `keep` accepts (a network whose head differs from the
+/// saved one keeps its own head); every kept name must be in the file with the same shape.
+pub fn load_state_where(
+    model: &dyn Classifier,
+    path: &Path,
+    keep: &dyn Fn(&str) -> bool,
+) -> candle_core::Result<usize> {
+    let state: Vec<(String, Var)> = named_vars(model.state(), "state")
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+        .into_iter()
+        .filter(|(name, _)| keep(name))
+        .collect();
+    let mut tensors = candle_core::safetensors::load(path, &candle_core::Device::Cpu)?;
+    tensors.retain(|name, _| keep(name));
+    let values = match_state(&state, tensors).map_err(candle_core::Error::Msg)?;
+    set_state(&state, &values)?;
+    Ok(state.len())
+}
+
 fn named_vars(mut vars: Vec<(String, Var)>, what: &str) -> Result<Vec<(String, Var)>, FitError> {
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     if vars.windows(2).any(|w| w[0].0 == w[1].0) {

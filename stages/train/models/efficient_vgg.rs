@@ -82,10 +82,10 @@ pub(super) fn tally(spec: &ModelSpec, t: &mut Tally) {
     t.dense(hidden, spec.classes);
 }
 
-impl Classifier for EfficientVgg {
-    fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+impl EfficientVgg {
+    /// Everything before the head's dropout: the conv blocks, the pool and the hidden dense layer.
+    fn trunk(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.dtype)?;
-        let (train, rng) = split_mode(mode);
         let mut x = x.clone();
         for b in &self.blocks {
             x = b.conv.forward(&x)?;
@@ -93,9 +93,19 @@ impl Classifier for EfficientVgg {
             x = max_pool_2x2(&x)?;
             x = b.se.forward(&x)?;
         }
-        let x = self.hidden.forward(&global_avg_pool(&x)?)?.relu()?;
-        let x = self.dropout.forward(&x, rng)?;
+        self.hidden.forward(&global_avg_pool(&x)?)?.relu()
+    }
+}
+
+impl Classifier for EfficientVgg {
+    fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        let (train, rng) = split_mode(mode);
+        let x = self.dropout.forward(&self.trunk(x, train)?, rng)?;
         self.logits.forward(&x)
+    }
+
+    fn embed(&self, x: &Tensor) -> Result<Tensor> {
+        self.trunk(x, false)
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {

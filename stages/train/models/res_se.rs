@@ -141,18 +141,29 @@ pub(super) fn tally(spec: &ModelSpec, t: &mut Tally) {
     t.dense(c_in, spec.classes);
 }
 
-impl Classifier for ResSe {
-    fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+impl ResSe {
+    /// Everything before the head's dropout: the stem, the residual blocks and the global average pool.
+    fn trunk(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.dtype)?;
-        let (train, rng) = split_mode(mode);
         let mut x = self
             .stem_prelu
             .forward(&self.stem_bn.forward(&self.stem_conv.forward(x)?, train)?)?;
         for b in &self.blocks {
             x = b.forward(&x, train)?;
         }
-        let x = self.dropout.forward(&global_avg_pool(&x)?, rng)?;
+        global_avg_pool(&x)
+    }
+}
+
+impl Classifier for ResSe {
+    fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        let (train, rng) = split_mode(mode);
+        let x = self.dropout.forward(&self.trunk(x, train)?, rng)?;
         self.logits.forward(&x)
+    }
+
+    fn embed(&self, x: &Tensor) -> Result<Tensor> {
+        self.trunk(x, false)
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {

@@ -145,10 +145,10 @@ pub(super) fn tally(spec: &ModelSpec, t: &mut Tally) {
     t.dense(c_in, spec.classes);
 }
 
-impl Classifier for Unet {
-    fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+impl Unet {
+    /// Everything before the head's dropout: the encoder and the global average pool.
+    fn trunk(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.dtype)?;
-        let (train, rng) = split_mode(mode);
         let mut x = x.clone();
         for stage in &self.stages {
             for u in &stage.units {
@@ -160,8 +160,19 @@ impl Classifier for Unet {
                 x = max_pool_2x2(&x)?;
             }
         }
-        let x = self.dropout.forward(&global_avg_pool(&x)?, rng)?;
+        global_avg_pool(&x)
+    }
+}
+
+impl Classifier for Unet {
+    fn forward(&self, x: &Tensor, mode: Mode<'_>) -> Result<Tensor> {
+        let (train, rng) = split_mode(mode);
+        let x = self.dropout.forward(&self.trunk(x, train)?, rng)?;
         self.logits.forward(&x)
+    }
+
+    fn embed(&self, x: &Tensor) -> Result<Tensor> {
+        self.trunk(x, false)
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {
