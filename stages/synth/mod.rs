@@ -6,10 +6,14 @@
 //! samples, many 661504, a few shorter than 661500 that give only 9 three-second segments, a few longer up
 //! to 675808), and a few exact duplicate tracks (sometimes across genres), as in GTZAN.
 //!
+//! A second corpus, [`Corpus::Transfer`], has five other classes ([`TRANSFER_CLASSES`]) in the same layout,
+//! format and lengths, for evaluating transfer to a dataset the model was not trained on.
+//!
 //! Invariants:
 //! - Output bytes depend only on [`SynthParams`] and [`GENERATOR_VERSION`]: each track has its own ChaCha20
-//!   stream derived from (seed, genre, index), and tracks render in parallel into their own files, so the
-//!   thread count never changes a byte.
+//!   stream derived from (seed, genre, index) (and the corpus, for the transfer one, so its streams never
+//!   coincide with GTZAN's), and tracks render in parallel into their own files, so the thread count never
+//!   changes a byte.
 //! - [`ensure_corpus`] never deletes or overwrites a folder it did not create, and a killed run never leaves
 //!   a folder that looks complete: the corpus is built under a lock in a temp folder of the generating
 //!   process, checked, fsynced, listed (name, size, blake3) in the marker written last, and renamed into
@@ -27,7 +31,8 @@
 //! The temporal proxy is a logistic regression on per-segment band statistics plus onset-strength
 //! autocorrelation and band-envelope modulation spectra. Timbre alone gets about half the tracks right
 //! (rock~metal, disco~pop, hiphop~reggae, blues~country collide); rhythm and time structure add about 30
-//! points. Generating 300 tracks takes about 15 s on two cores (release build).
+//! points. Generating 300 tracks takes about 15 s on two cores (release build). The transfer corpus's
+//! difficulty has not been measured with the harness yet.
 
 mod dsp;
 pub mod music;
@@ -44,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use genrelab_contract::ParamError;
 
-pub use music::GENRES;
+pub use music::{GENRES, TRANSFER_CLASSES};
 
 /// Bumped whenever the generator's output bytes change, so an old corpus is never mistaken for a new one.
 pub const GENERATOR_VERSION: u32 = 1;
@@ -59,12 +64,49 @@ pub const SAMPLE_RATE: u32 = 22050;
 /// Largest accepted `tracks_per_genre`: 100 times GTZAN, about 130 GB of audio.
 pub const MAX_TRACKS_PER_GENRE: u32 = 10_000;
 
+/// Which set of classes the corpus holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Corpus {
+    /// The ten GTZAN genres.
+    #[default]
+    Gtzan,
+    /// Five other styles, for transfer evaluation.
+    Transfer,
+}
+
+impl Corpus {
+    /// The class folders, in generation order.
+    pub fn classes(self) -> &'static [&'static str] {
+        match self {
+            Corpus::Gtzan => &GENRES,
+            Corpus::Transfer => &TRANSFER_CLASSES,
+        }
+    }
+
+    /// The name the params and the marker use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Corpus::Gtzan => "gtzan",
+            Corpus::Transfer => "transfer",
+        }
+    }
+
+    fn is_gtzan(&self) -> bool {
+        *self == Corpus::Gtzan
+    }
+}
+
 /// What the corpus looks like.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SynthParams {
-    /// Tracks per genre. 30 keeps the default pipeline's training within minutes on two cores; 100 is the
-    /// size of GTZAN.
+    /// Which classes. Left out of the serialised params when GTZAN, so markers (and anything else hashing
+    /// the params) written before the transfer corpus existed stay byte-identical and keep matching.
+    #[serde(skip_serializing_if = "Corpus::is_gtzan")]
+    pub corpus: Corpus,
+    /// Tracks per genre (per class). 30 keeps the default pipeline's training within minutes on two cores;
+    /// 100 is the size of GTZAN.
     pub tracks_per_genre: u32,
     /// Seed of every random draw.
     pub seed: u64,
@@ -77,6 +119,7 @@ pub struct SynthParams {
 impl Default for SynthParams {
     fn default() -> Self {
         SynthParams {
+            corpus: Corpus::Gtzan,
             tracks_per_genre: 30,
             seed: 42,
             duplicates: 3,
@@ -85,6 +128,11 @@ impl Default for SynthParams {
 }
 
 impl SynthParams {
+    /// The class folders of this corpus, in generation order.
+    pub fn classes(&self) -> &'static [&'static str] {
+        self.corpus.classes()
+    }
+
     /// Typed params from the `dataset.synthetic` section, bounds checked. The error names the offending key
     /// (so the caller can point at its line) and starts with it, except for unknown keys, whose serde message
     /// already names them.
@@ -132,7 +180,7 @@ impl SynthParams {
                 ),
             });
         }
-        let total = per as usize * GENRES.len();
+        let total = per as usize * self.classes().len();
         // Each copy needs a source of its own that is not itself a copy.
         if self.duplicates as usize * 2 > total {
             return Err(ParamError {
@@ -158,6 +206,15 @@ pub enum SynthError {
     },
     #[error("{path}: cannot write WAV: {reason}")]
     Wav { path: PathBuf, reason: String },
+    #[error(
+        "{root} holds the synthetic {found} corpus, not the {wanted} one; remove it or point dataset.root \
+         elsewhere"
+    )]
+    OtherCorpus {
+        root: PathBuf,
+        found: &'static str,
+        wanted: &'static str,
+    },
     #[error(
         "{root} exists but was not generated by genrelab (no {MARKER}); remove it or point dataset.root elsewhere"
     )]
@@ -365,6 +422,15 @@ fn read_marker(root: &Path) -> Result<(String, Option<Marker>), SynthError> {
 fn check_existing(params: &SynthParams, root: &Path) -> Result<bool, SynthError> {
     let (text, marker) = read_marker(root)?;
     let wanted = serde_json::json!({"generator_version": GENERATOR_VERSION, "params": params});
+    if let Some(found) = marker.as_ref().map(|m| m.params.corpus) {
+        if found != params.corpus {
+            return Err(SynthError::OtherCorpus {
+                root: root.to_path_buf(),
+                found: found.name(),
+                wanted: params.corpus.name(),
+            });
+        }
+    }
     let Some(marker) =
         marker.filter(|m| m.generator_version == GENERATOR_VERSION && &m.params == params)
     else {
@@ -478,7 +544,7 @@ fn record_listing(params: &SynthParams, plan: &[TrackPlan], dir: &Path) -> Resul
             Ok((rel.clone(), FileEntry { size, blake3 }))
         })
         .collect::<Result<_, SynthError>>()?;
-    for genre in GENRES {
+    for genre in params.classes() {
         sync_dir(&dir.join("genres_original").join(genre));
     }
     sync_dir(&dir.join("genres_original"));
@@ -529,8 +595,14 @@ impl TrackPlan {
     }
 }
 
-fn stream(seed: u64, purpose: &str, genre: &str, index: u32) -> ChaCha20Rng {
+fn stream(corpus: Corpus, seed: u64, purpose: &str, genre: &str, index: u32) -> ChaCha20Rng {
     let mut h = blake3::Hasher::new_derive_key("genrelab synth v1");
+    // GTZAN's derivation predates the transfer corpus and must not change. The transfer corpus's input
+    // starts with a tag no GTZAN input can start with: theirs are the seed's 8 bytes then the purpose,
+    // whose first byte is a letter, where the tag's ninth byte is 0.
+    if corpus == Corpus::Transfer {
+        h.update(b"transfer\0");
+    }
     h.update(&seed.to_le_bytes());
     h.update(purpose.as_bytes());
     h.update(&[0]);
@@ -544,8 +616,9 @@ fn stream(seed: u64, purpose: &str, genre: &str, index: u32) -> ChaCha20Rng {
 pub fn plan(params: &SynthParams) -> Result<Vec<TrackPlan>, SynthError> {
     params.check().map_err(|e| SynthError::Params(e.message))?;
     let per = params.tracks_per_genre;
-    let total = per as usize * GENRES.len();
-    let mut tracks: Vec<TrackPlan> = GENRES
+    let classes = params.classes();
+    let total = per as usize * classes.len();
+    let mut tracks: Vec<TrackPlan> = classes
         .iter()
         .flat_map(|g| {
             (0..per).map(move |index| TrackPlan {
@@ -555,7 +628,7 @@ pub fn plan(params: &SynthParams) -> Result<Vec<TrackPlan>, SynthError> {
             })
         })
         .collect();
-    let mut rng = stream(params.seed, "duplicates", "", 0);
+    let mut rng = stream(params.corpus, params.seed, "duplicates", "", 0);
     let mut used = vec![false; total];
     let mut made = 0;
     while made < params.duplicates {
@@ -580,8 +653,9 @@ pub fn plan(params: &SynthParams) -> Result<Vec<TrackPlan>, SynthError> {
 /// GTZAN's length spread (audio-and-gtzan.md §2.2): 64% 661794 samples, 30% 661504, the rest shorter than
 /// 661500 (9 segments of 3 s) or a little longer.
 fn track_len(rng: &mut ChaCha20Rng, genre: &str, index: u32) -> usize {
-    // As in GTZAN, some country and hip-hop tracks are short; keep one of each so small corpora have some.
-    if index == 1 && (genre == "country" || genre == "hiphop") {
+    // As in GTZAN, some country and hip-hop tracks are short; keep one of each so small corpora have some
+    // (dub and polka play that part in the transfer corpus).
+    if index == 1 && matches!(genre, "country" | "hiphop" | "dub" | "polka") {
         return [660000, 661100, 661344, 661408][rng.random_range(0..4)];
     }
     let u = rng.random::<f64>();
@@ -597,9 +671,9 @@ fn track_len(rng: &mut ChaCha20Rng, genre: &str, index: u32) -> usize {
 }
 
 /// Renders one planned track's samples (a duplicate renders its source, so it is byte-identical).
-pub fn render_track(seed: u64, track: &TrackPlan) -> Vec<f32> {
+pub fn render_track(corpus: Corpus, seed: u64, track: &TrackPlan) -> Vec<f32> {
     let (genre, index) = track.copy_of.unwrap_or((track.genre, track.index));
-    let mut rng = stream(seed, "track", genre, index);
+    let mut rng = stream(corpus, seed, "track", genre, index);
     let len = track_len(&mut rng, genre, index);
     music::render(genre, len, &mut rng)
 }
@@ -627,7 +701,7 @@ fn write_wav(path: &Path, samples: &[f32]) -> Result<(), SynthError> {
 }
 
 fn generate(params: &SynthParams, plan: &[TrackPlan], dir: &Path) -> Result<(), SynthError> {
-    for genre in GENRES {
+    for genre in params.classes() {
         let d = dir.join("genres_original").join(genre);
         std::fs::create_dir_all(&d).map_err(|e| SynthError::io(&d, e))?;
     }
@@ -641,7 +715,7 @@ fn generate(params: &SynthParams, plan: &[TrackPlan], dir: &Path) -> Result<(), 
     let results: Vec<Result<(), SynthError>> = plan
         .par_iter()
         .map(|track| {
-            let samples = render_track(params.seed, track);
+            let samples = render_track(params.corpus, params.seed, track);
             let out = write_wav(&dir.join(track.rel_path()), &samples);
             bar.inc(1);
             out

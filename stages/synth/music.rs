@@ -1,4 +1,4 @@
-//! The musical side of the synthetic corpus: what makes one genre sound unlike another.
+//! The musical side of the synthetic corpora: what makes one genre sound unlike another.
 //!
 //! Each genre is a blueprint that draws a [`Style`] per track: tempo range, swing, drum pattern, bass line,
 //! accompaniment, lead, timbres, distortion, room, noise floor and bandwidth. Genres differ where real ones
@@ -8,6 +8,9 @@
 //! accompaniment from a neighbouring genre (rock~metal, disco~pop, blues~jazz~country, hiphop~reggae,
 //! classical~jazz), and tempo, brightness, noise and levels vary within wide, overlapping ranges. The mean
 //! spectrum alone therefore separates genres only partly; rhythm and time structure separate them further.
+//!
+//! The transfer corpus ([`TRANSFER_CLASSES`]) draws five other styles from the same elements, with the same
+//! kind of borrowing among its own classes (afrobeat~dub~ambient, bossa~ambient, polka~afrobeat~bossa).
 
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
@@ -27,6 +30,11 @@ pub const GENRES: [&str; 10] = [
     "reggae",
     "rock",
 ];
+
+/// The five styles of the transfer corpus, in alphabetical order: none is a GTZAN genre, so a model trained
+/// on the ten genres meets new classes, built from the same musical elements (the study's second dataset
+/// plays this part with five Indian styles).
+pub const TRANSFER_CLASSES: [&str; 5] = ["afrobeat", "ambient", "bossa", "dub", "polka"];
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Drums {
@@ -663,6 +671,197 @@ fn blueprint(genre: &str, rng: &mut ChaCha20Rng) -> Style {
             s.squash = range(rng, 1.5, 3.0);
             s.bandwidth_hz = range(rng, 6000.0, 10500.0);
         }
+        "afrobeat" => {
+            // A one-chord vamp driven by busy 16th hats, interlocking clean guitar and a horn line.
+            s.bpm = range(rng, 100.0, 130.0);
+            s.swing16 = range(rng, 0.5, 0.56);
+            s.jitter = range(rng, 0.003, 0.01);
+            s.drums = pick(rng, &[Drums::Pop, Drums::Pop, Drums::Disco]);
+            s.bass = pick(rng, &[Bass::Reggae, Bass::Octaves, Bass::Octaves]);
+            s.bass_timbre = Timbre::BassGuitar;
+            s.comp = pick(rng, &[Comp::Skank, Comp::Stabs, Comp::Stabs]);
+            s.comp_timbre = pick(rng, &[Timbre::Guitar, Timbre::Pluck, Timbre::Organ]);
+            s.lead = Lead::Melody {
+                density: range(rng, 2.0, 3.5),
+                legato: range(rng, 0.4, 0.8),
+            };
+            s.lead_timbre = pick(
+                rng,
+                &[Timbre::Sax, Timbre::Sax, Timbre::Organ, Timbre::Vocal],
+            );
+            s.scale = pick(rng, &[DORIAN, MIXOLYDIAN, PENTA]);
+            s.progression = pick(
+                rng,
+                &[
+                    &[(0, MIN7), (0, MIN7), (0, MIN7), (5, DOM7)][..],
+                    &[(0, DOM7), (0, DOM7)][..],
+                    &[(0, MIN7), (10, MAJ), (0, MIN7), (10, MAJ)][..],
+                ],
+            )
+            .to_vec();
+            s.squash = range(rng, 1.4, 2.6);
+            s.bandwidth_hz = range(rng, 5500.0, 10500.0);
+        }
+        "ambient" => {
+            // Drumless slow washes: long pads, a held bass, sparse lead and deep room.
+            s.bpm = range(rng, 50.0, 90.0);
+            s.jitter = range(rng, 0.0, 0.01);
+            s.drums = Drums::None;
+            s.bass = pick(rng, &[Bass::Sustain, Bass::Sustain, Bass::None]);
+            s.bass_timbre = pick(rng, &[Timbre::Sub, Timbre::Strings, Timbre::SynthBass]);
+            s.comp = pick(rng, &[Comp::Pad, Comp::Pad, Comp::Arpeggio]);
+            s.comp_timbre = pick(rng, &[Timbre::Synth, Timbre::Strings, Timbre::EPiano]);
+            s.lead = if rng.random_bool(0.5) {
+                Lead::Melody {
+                    density: range(rng, 0.3, 1.0),
+                    legato: range(rng, 0.9, 1.0),
+                }
+            } else {
+                Lead::None
+            };
+            s.lead_timbre = pick(rng, &[Timbre::Flute, Timbre::Synth, Timbre::Vocal]);
+            s.scale = pick(rng, &[MAJOR, DORIAN, PENTA]);
+            s.progression = pick(
+                rng,
+                &[
+                    &[(0, MAJ7), (0, MAJ7), (5, MAJ7), (5, MAJ7)][..],
+                    &[(0, MIN9), (8, MAJ7)][..],
+                    &[(0, MAJ7), (9, MIN7), (5, MAJ7), (7, MAJ)][..],
+                ],
+            )
+            .to_vec();
+            s.reverb = range(rng, 0.45, 0.75);
+            s.echo = range(rng, 0.0, 0.4);
+            s.swell = range(rng, 0.3, 0.8);
+            s.squash = range(rng, 1.0, 1.3);
+            s.hiss *= 0.5;
+        }
+        "bossa" => {
+            // Soft brushed ride over a root-fifth upright bass, nylon-string comping and a breathy melody.
+            s.bpm = range(rng, 110.0, 150.0);
+            s.swing8 = range(rng, 0.5, 0.56);
+            s.jitter = range(rng, 0.003, 0.012);
+            s.drums = pick(
+                rng,
+                &[Drums::Jazz, Drums::Jazz, Drums::Country, Drums::None],
+            );
+            s.bass = pick(rng, &[Bass::RootFifth, Bass::RootFifth, Bass::Walking]);
+            s.bass_timbre = pick(rng, &[Timbre::Upright, Timbre::BassGuitar]);
+            s.comp = pick(rng, &[Comp::Comping, Comp::Strum, Comp::Arpeggio]);
+            s.comp_timbre = pick(
+                rng,
+                &[Timbre::Pluck, Timbre::Pluck, Timbre::Piano, Timbre::EPiano],
+            );
+            s.lead = if rng.random_bool(0.8) {
+                Lead::Melody {
+                    density: range(rng, 0.8, 2.0),
+                    legato: range(rng, 0.7, 1.0),
+                }
+            } else {
+                Lead::None
+            };
+            s.lead_timbre = pick(rng, &[Timbre::Vocal, Timbre::Flute, Timbre::Sax]);
+            s.scale = pick(rng, &[MAJOR, DORIAN]);
+            s.progression = pick(
+                rng,
+                &[
+                    &[
+                        (0, MAJ7),
+                        (0, MAJ7),
+                        (2, DOM9),
+                        (2, DOM9),
+                        (2, MIN7),
+                        (7, DOM9),
+                        (0, MAJ7),
+                        (7, DOM9),
+                    ][..],
+                    &[(0, MAJ7), (9, MIN7), (2, MIN9), (7, DOM9)][..],
+                    &[(2, MIN9), (7, DOM9), (0, MAJ7), (5, MAJ7)][..],
+                ],
+            )
+            .to_vec();
+            s.chords_per_bar = pick(rng, &[1, 1, 2]);
+            s.reverb = range(rng, 0.1, 0.35);
+            s.squash = range(rng, 1.0, 1.6);
+            s.bandwidth_hz = range(rng, 4500.0, 9500.0);
+        }
+        "dub" => {
+            // Reggae's rhythm section stripped down: heavy sub bass, echoed skank, dark and roomy.
+            s.bpm = range(rng, 62.0, 90.0);
+            s.swing16 = range(rng, 0.5, 0.6);
+            s.jitter = range(rng, 0.0, 0.008);
+            s.drums = pick(rng, &[Drums::Steppers, Drums::Steppers, Drums::OneDrop]);
+            s.bass = pick(rng, &[Bass::Reggae, Bass::Reggae, Bass::Sub808]);
+            s.bass_timbre = Timbre::Sub;
+            s.comp = pick(rng, &[Comp::Skank, Comp::Skank, Comp::Stabs]);
+            s.comp_timbre = pick(rng, &[Timbre::Organ, Timbre::EPiano, Timbre::Guitar]);
+            s.lead = if rng.random_bool(0.3) {
+                Lead::Melody {
+                    density: range(rng, 0.5, 1.2),
+                    legato: range(rng, 0.5, 0.9),
+                }
+            } else {
+                Lead::None
+            };
+            s.lead_timbre = pick(rng, &[Timbre::Synth, Timbre::Sax, Timbre::Vocal]);
+            s.scale = pick(rng, &[MINOR, DORIAN]);
+            s.progression = pick(
+                rng,
+                &[
+                    &[(0, MIN), (0, MIN), (5, MIN), (5, MIN)][..],
+                    &[(0, MIN7), (10, MAJ)][..],
+                    &[(0, MIN), (8, MAJ), (10, MAJ), (0, MIN)][..],
+                ],
+            )
+            .to_vec();
+            s.echo = range(rng, 0.35, 0.7);
+            s.reverb = range(rng, 0.2, 0.5);
+            s.bandwidth_hz = range(rng, 2500.0, 7000.0);
+            s.squash = range(rng, 1.2, 2.2);
+        }
+        "polka" => {
+            // Fast oom-pah: bass on the beats, chords off them, a busy bright melody on top.
+            s.bpm = range(rng, 110.0, 160.0);
+            s.jitter = range(rng, 0.003, 0.012);
+            s.drums = pick(rng, &[Drums::Country, Drums::Country, Drums::Rock]);
+            s.bass = pick(rng, &[Bass::RootFifth, Bass::RootFifth, Bass::Boogie]);
+            s.bass_timbre = pick(rng, &[Timbre::BassGuitar, Timbre::Upright]);
+            s.comp = pick(rng, &[Comp::Skank, Comp::Stabs, Comp::Strum]);
+            s.comp_timbre = pick(
+                rng,
+                &[Timbre::Organ, Timbre::Organ, Timbre::Piano, Timbre::Pluck],
+            );
+            s.lead = Lead::Melody {
+                density: range(rng, 2.5, 4.0),
+                legato: range(rng, 0.5, 0.85),
+            };
+            s.lead_timbre = pick(
+                rng,
+                &[Timbre::Organ, Timbre::Flute, Timbre::Sax, Timbre::Strings],
+            );
+            s.scale = MAJOR;
+            s.progression = pick(
+                rng,
+                &[
+                    &[
+                        (0, MAJ),
+                        (0, MAJ),
+                        (7, DOM7),
+                        (7, DOM7),
+                        (7, DOM7),
+                        (7, DOM7),
+                        (0, MAJ),
+                        (0, MAJ),
+                    ][..],
+                    &[(0, MAJ), (7, DOM7), (0, MAJ), (5, MAJ)][..],
+                    &[(0, MAJ), (5, MAJ), (7, DOM7), (0, MAJ)][..],
+                ],
+            )
+            .to_vec();
+            s.bright = range(rng, 1.0, 1.4);
+            s.reverb = range(rng, 0.05, 0.2);
+            s.bandwidth_hz = range(rng, 4500.0, 10000.0);
+        }
         _ => {
             // classical
             s.bpm = range(rng, 50.0, 130.0);
@@ -738,6 +937,11 @@ fn neighbours(genre: &str) -> &'static [&'static str] {
         "reggae" => &["hiphop", "pop"],
         "rock" => &["metal", "country", "blues"],
         "metal" => &["rock"],
+        "afrobeat" => &["dub", "bossa", "polka"],
+        "ambient" => &["dub", "bossa"],
+        "bossa" => &["ambient", "afrobeat"],
+        "dub" => &["afrobeat", "ambient"],
+        "polka" => &["afrobeat", "bossa"],
         _ => &["jazz"],
     }
 }
