@@ -224,7 +224,7 @@ impl<'r> Dag<'r> {
                     continue;
                 }
                 let ok = if need.many {
-                    !providers.is_empty()
+                    need.optional || !providers.is_empty()
                 } else {
                     providers.len() == 1
                 };

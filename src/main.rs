@@ -277,7 +277,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let registry = stages::registry();
     if let Command::Kinds = cli.command {
         for kind in &registry {
-            let needs: Vec<&str> = kind.needs().iter().map(|n| n.artifact).collect();
+            let needs: Vec<String> = kind
+                .needs()
+                .iter()
+                .map(|n| match (n.many, n.optional) {
+                    (true, true) => format!("any {}", n.artifact),
+                    (true, false) => format!("many {}", n.artifact),
+                    _ => n.artifact.to_string(),
+                })
+                .collect();
             println!("{:<10} {}", kind.kind(), kind.about());
             println!(
                 "{:<10} needs: {}; produces: {}",

@@ -37,6 +37,8 @@ pub struct Need {
     pub artifact: &'static str,
     /// `true` when several inputs may each provide one (e.g. the tournament takes one `model` per trainer).
     pub many: bool,
+    /// `true` when no input providing it is fine too (the report shows transfer results if there are any).
+    pub optional: bool,
 }
 
 impl Need {
@@ -44,12 +46,22 @@ impl Need {
         Need {
             artifact,
             many: false,
+            optional: false,
         }
     }
     pub const fn many(artifact: &'static str) -> Self {
         Need {
             artifact,
             many: true,
+            optional: false,
+        }
+    }
+    /// Any number of inputs, none included, may each provide one.
+    pub const fn any(artifact: &'static str) -> Self {
+        Need {
+            artifact,
+            many: true,
+            optional: true,
         }
     }
 }

@@ -529,7 +529,7 @@ const NEEDS: &[Need] = &[
     Need::one("tracks"),
     Need::one("quarantine"),
     Need::one("segments"),
-    Need::many("transfer"),
+    Need::any("transfer"),
 ];
 
 pub fn kind() -> Box<dyn StageKind> {
