@@ -214,23 +214,80 @@ fn per_channel(partials: &[[f64; 2]], c: usize) -> Vec<[f64; 2]> {
     out
 }
 
-/// Per-plane sums of `f(x, y)` over planes of `hw` elements.
-fn plane_partials<A: Real, B: Real>(
-    a: &[A],
-    b: &[B],
+/// Per-plane sums of `f(channel)(a[i], b[i])` over planes of `hw` elements of `c` channels.
+fn plane_partials<T: Real, G: Fn(f64, f64) -> (f64, f64)>(
+    a: &[T],
+    b: &[T],
     hw: usize,
-    f: impl Fn(usize, f64, f64) -> (f64, f64) + Sync,
     c: usize,
+    f: impl Fn(usize) -> G + Sync,
 ) -> Vec<[f64; 2]> {
     a.par_chunks(hw)
         .zip(b.par_chunks(hw))
         .enumerate()
         .with_min_len(min_planes(hw))
-        .map(|(i, (pa, pb))| {
-            let ch = i % c;
-            plane_sums(pa, pb, |u, v| f(ch, u, v))
-        })
+        .map(|(i, (pa, pb))| plane_sums(pa, pb, f(i % c)))
         .collect()
+}
+
+/// A new buffer with `out[i] = f(channel)(a[i], b[i]).0` over planes of `hw` elements of `c` channels, and the
+/// per-plane sums of the second component when `SUM`. Written in place of a zero-filled buffer: the fill
+/// would be one more pass over memory than the op itself needs.
+fn zip_planes<T: Real, const SUM: bool, G: Fn(f64, f64) -> (f64, f64)>(
+    a: &[T],
+    b: &[T],
+    hw: usize,
+    c: usize,
+    f: impl Fn(usize) -> G + Sync,
+) -> Result<(Vec<T>, Vec<f64>)> {
+    let len = a.len();
+    if b.len() != len || hw == 0 || !len.is_multiple_of(hw) {
+        bail!(
+            "fused op: operands of {len} and {} elements in planes of {hw}",
+            b.len()
+        );
+    }
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let partials = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(hw)
+        .zip(a.par_chunks(hw).zip(b.par_chunks(hw)))
+        .enumerate()
+        .with_min_len(min_planes(hw))
+        .map(|(i, (o, (pa, pb)))| {
+            // The channel's constants are bound once per plane, outside the element loop.
+            let f = f(i % c);
+            let mut s = [0.0; LANES];
+            let mut co = o.chunks_exact_mut(LANES);
+            let mut ca = pa.chunks_exact(LANES);
+            let mut cb = pb.chunks_exact(LANES);
+            for (ro, (ra, rb)) in (&mut co).zip((&mut ca).zip(&mut cb)) {
+                for l in 0..LANES {
+                    let (v, w) = f(ra[l].f64(), rb[l].f64());
+                    ro[l].write(T::of(v));
+                    if SUM {
+                        s[l] += w;
+                    }
+                }
+            }
+            let rest = co.into_remainder();
+            for (l, (ro, (x, y))) in rest
+                .iter_mut()
+                .zip(ca.remainder().iter().zip(cb.remainder()))
+                .enumerate()
+            {
+                let (v, w) = f(x.f64(), y.f64());
+                ro.write(T::of(v));
+                if SUM {
+                    s[l] += w;
+                }
+            }
+            fold(s)
+        })
+        .collect();
+    // SAFETY: the first `len` slots were all written above: `out[..len]`, `a` and `b` have the same length,
+    // so their chunks of `hw`, and those chunks' runs of LANES and remainders, pair up one to one.
+    unsafe { out.set_len(len) };
+    Ok((out, partials))
 }
 
 /// The contiguous data of an operand whose shape must be `expected`.
@@ -303,18 +360,11 @@ impl BatchNormOp {
             .map(|ch| gamma[ch].f64() * saved.invstd[ch])
             .collect();
         let beta = to_f64(beta);
-        let mut y = vec![T::of(0.0); x.len()];
-        y.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .with_min_len(min_planes(hw))
-            .for_each(|(i, (yp, xp))| {
-                let ch = i % c;
-                let (m, s, b) = (saved.mean[ch], scale[ch], beta[ch]);
-                for (yv, xv) in yp.iter_mut().zip(xp) {
-                    *yv = T::of((xv.f64() - m) * s + b);
-                }
-            });
+        let mean = &saved.mean;
+        let (y, _) = zip_planes::<T, false, _>(x, x, hw, c, |ch| {
+            let (m, s, b) = (mean[ch], scale[ch], beta[ch]);
+            move |v, _| ((v - m) * s + b, 0.0)
+        })?;
         Ok(y)
     }
 }
@@ -324,16 +374,13 @@ impl BatchNormOp {
 /// that the raw sum of squares suffers when the mean is large against the spread.
 fn batch_stats<T: Real>(x: &[T], (b, c, hw): (usize, usize, usize), eps: f64) -> Saved {
     let shift: Vec<f64> = (0..c).map(|ch| x[ch * hw].f64()).collect();
-    let partials = plane_partials(
-        x,
-        x,
-        hw,
-        |ch, v, _| {
-            let d = v - shift[ch];
+    let partials = plane_partials(x, x, hw, c, |ch| {
+        let k = shift[ch];
+        move |v, _| {
+            let d = v - k;
             (d, d * d)
-        },
-        c,
-    );
+        }
+    });
     let n = (b * hw) as f64;
     let mut mean = Vec::with_capacity(c);
     let mut var = Vec::with_capacity(c);
@@ -449,7 +496,10 @@ impl BatchNormGrad<'_> {
     fn run<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
         let (b, c, hw) = self.dims;
         let mean = self.mean;
-        let partials = plane_partials(x, dy, hw, |ch, xv, g| (g, g * (xv - mean[ch])), c);
+        let partials = plane_partials(x, dy, hw, c, |ch| {
+            let m = mean[ch];
+            move |v, g| (g, g * (v - m))
+        });
         let sums = per_channel(&partials, c);
         let n = (b * hw) as f64;
         // dx = gamma * invstd / n * (n * dy - sum(dy) - xhat * sum(dy * xhat)) in training, where the
@@ -473,19 +523,10 @@ impl BatchNormGrad<'_> {
         if !self.want_dx {
             return Ok(Vec::new());
         }
-        let mut dx = vec![T::of(0.0); x.len()];
-        dx.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
-            .enumerate()
-            .with_min_len(min_planes(hw))
-            .for_each(|(i, (dp, (xp, gp)))| {
-                let ch = i % c;
-                let [a, bb, cc] = coef[ch];
-                let m = mean[ch];
-                for (d, (xv, gv)) in dp.iter_mut().zip(xp.iter().zip(gp)) {
-                    *d = T::of(a * gv.f64() + (bb * (xv.f64() - m) + cc));
-                }
-            });
+        let (dx, _) = zip_planes::<T, false, _>(x, dy, hw, c, |ch| {
+            let ([a, b, k], m) = (coef[ch], mean[ch]);
+            move |v, g| (a * g + (b * (v - m) + k), 0.0)
+        })?;
         Ok(dx)
     }
 }
@@ -532,22 +573,15 @@ struct PReluOp {
 }
 
 impl PReluOp {
-    fn forward<T: Real>(&self, x: &[T], alpha: &[T]) -> Vec<T> {
+    fn forward<T: Real>(&self, x: &[T], alpha: &[T]) -> Result<Vec<T>> {
         let (_, c, hw) = self.dims;
-        let mut y = vec![T::of(0.0); x.len()];
-        y.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .with_min_len(min_planes(hw))
-            .for_each(|(i, (yp, xp))| {
-                let a = alpha[i % c].f64();
-                for (yv, xv) in yp.iter_mut().zip(xp) {
-                    let v = xv.f64();
-                    // 0 + a * v rather than a * v: a zero slope gives +0, as relu does, never -0.
-                    *yv = T::of(if v > 0.0 { v } else { 0.0 + a * v });
-                }
-            });
-        y
+        let alpha = to_f64(alpha);
+        // 0 + a * v rather than a * v: a zero slope gives +0, as relu does, never -0.
+        let (y, _) = zip_planes::<T, false, _>(x, x, hw, c, |ch| {
+            let a = alpha[ch];
+            move |v, _| (if v > 0.0 { v } else { 0.0 + a * v }, 0.0)
+        })?;
+        Ok(y)
     }
 }
 
@@ -569,11 +603,11 @@ impl CustomOp2 for PReluOp {
             (CpuStorage::F32(x), CpuStorage::F32(a)) => CpuStorage::F32(self.forward(
                 operand(x, l1, dims, "prelu input")?,
                 operand(a, l2, &c, "prelu slopes")?,
-            )),
+            )?),
             (CpuStorage::F64(x), CpuStorage::F64(a)) => CpuStorage::F64(self.forward(
                 operand(x, l1, dims, "prelu input")?,
                 operand(a, l2, &c, "prelu slopes")?,
-            )),
+            )?),
             (a, b) => bail!(
                 "prelu: needs two f32 or two f64 operands, got {:?} and {:?}",
                 a.dtype(),
@@ -620,24 +654,11 @@ struct PReluGrad {
 impl PReluGrad {
     fn run<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
         let (_, c, hw) = self.dims;
-        let mut dx = vec![T::of(0.0); x.len()];
-        let partials: Vec<f64> = dx
-            .par_chunks_mut(hw)
-            .zip(x.par_chunks(hw).zip(dy.par_chunks(hw)))
-            .enumerate()
-            .with_min_len(min_planes(hw))
-            .map(|(i, (dp, (xp, gp)))| {
-                let a = self.alpha[i % c];
-                let mut s = [0.0; LANES];
-                for (j, (d, (xv, gv))) in dp.iter_mut().zip(xp.iter().zip(gp)).enumerate() {
-                    let (v, g) = (xv.f64(), gv.f64());
-                    let negative = v < 0.0;
-                    *d = T::of(if negative { a * g } else { g });
-                    s[j % LANES] += if negative { g * v } else { 0.0 };
-                }
-                fold(s)
-            })
-            .collect();
+        let alpha = &self.alpha;
+        let (dx, partials) = zip_planes::<T, true, _>(x, dy, hw, c, |ch| {
+            let a = alpha[ch];
+            move |v, g| if v < 0.0 { (a * g, g * v) } else { (g, 0.0) }
+        })?;
         let mut sums = vec![0.0; c];
         for (i, p) in partials.iter().enumerate() {
             sums[i % c] += p;
