@@ -6,6 +6,7 @@ use candle_core::{bail, DType, Device, Result, Shape, Tensor, Var};
 use rand_chacha::ChaCha20Rng;
 
 pub use super::conv::ConvKernel;
+use super::fused;
 use super::params::{unit_uniform, ParamStore, Role};
 
 /// Keras' "same" padding (before, after) along one axis of length `n` for kernel `k` and stride `s`. With an even
@@ -168,6 +169,42 @@ impl BatchNorm {
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !fused::supports(x) {
+            return self.forward_composed(x, train);
+        }
+        let (gamma, beta) = (self.gamma.as_tensor(), self.beta.as_tensor());
+        if train {
+            let (y, mean, variance) = fused::batch_norm_train(x, gamma, beta, BN_EPSILON)?;
+            self.update_running(&mean, &variance)?;
+            Ok(y)
+        } else {
+            // Detached: the running statistics are state, not parameters, and get no gradient.
+            fused::batch_norm_eval(
+                x,
+                gamma,
+                beta,
+                &self.moving_mean.as_detached_tensor(),
+                &self.moving_variance.as_detached_tensor(),
+                BN_EPSILON,
+            )
+        }
+    }
+
+    /// Moves the running statistics towards the batch's `mean` and biased `variance` (any shape of c
+    /// elements, no gradient).
+    fn update_running(&self, mean: &Tensor, variance: &Tensor) -> Result<()> {
+        let keep = self.momentum;
+        let new_mean = (self.moving_mean.as_tensor().affine(keep, 0.0)?
+            + mean.detach().flatten_all()?.affine(1.0 - keep, 0.0)?)?;
+        let new_variance = (self.moving_variance.as_tensor().affine(keep, 0.0)?
+            + variance.detach().flatten_all()?.affine(1.0 - keep, 0.0)?)?;
+        self.moving_mean.set(&new_mean)?;
+        self.moving_variance.set(&new_variance)
+    }
+
+    /// The same layer built from candle's tensor ops: the path for devices and dtypes the fused op does not
+    /// cover, and the reference it is tested against.
+    pub(crate) fn forward_composed(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let gamma = self.gamma.as_tensor().reshape((1, c, 1, 1))?;
         let beta = per_sample_channel(self.beta.as_tensor(), b, c)?;
@@ -184,13 +221,7 @@ impl BatchNorm {
             let y = centered
                 .broadcast_mul(&scale.broadcast_as((b, c, 1, 1))?)?
                 .broadcast_add(&beta)?;
-            let keep = self.momentum;
-            let new_mean = (self.moving_mean.as_tensor().affine(keep, 0.0)?
-                + mean.detach().flatten_all()?.affine(1.0 - keep, 0.0)?)?;
-            let new_variance = (self.moving_variance.as_tensor().affine(keep, 0.0)?
-                + variance.detach().flatten_all()?.affine(1.0 - keep, 0.0)?)?;
-            self.moving_mean.set(&new_mean)?;
-            self.moving_variance.set(&new_variance)?;
+            self.update_running(&mean, &variance)?;
             Ok(y)
         } else {
             // Detached: the running statistics are state, not parameters, and get no gradient.
@@ -245,6 +276,16 @@ impl PRelu {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if fused::supports(x) {
+            fused::prelu(x, self.alpha.as_tensor())
+        } else {
+            self.forward_composed(x)
+        }
+    }
+
+    /// The same layer built from candle's tensor ops: the fallback off the fused op's CPU dtypes and the
+    /// reference it is tested against.
+    pub(crate) fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, _, _) = x.dims4()?;
         let positive = x.relu()?;
         let negative = (x - &positive)?;

@@ -1,6 +1,7 @@
 //! Layers with Keras semantics and the kernels under them, each checked against finite differences.
 
 pub mod conv;
+pub mod fused;
 pub mod layers;
 pub mod loss;
 pub mod params;
