@@ -183,3 +183,31 @@ fn every_kind_accepts_its_defaults_and_reports_every_problem_of_bad_params() {
         ]
     );
 }
+
+/// Both shipped profiles plan as written: every stage's params validate and every input resolves, including
+/// the study profile's transfer chain and report, which no test runs (they need real corpora).
+#[test]
+fn both_shipped_pipelines_plan() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["pipeline.yaml", "pipeline.study.yaml"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("shipped pipeline");
+        let p = Project::new(&text);
+        let dag = p.run(&["dag"]);
+        assert_eq!(dag.code, 0, "{file}: {}", dag.all());
+        for stage in ["tournament", "cv_summary", "transfer", "report"] {
+            assert!(
+                dag.stdout
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{stage} ("))),
+                "{file} has no `{stage}`: {}",
+                dag.stdout
+            );
+        }
+        let report = dag
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("report ("))
+            .unwrap_or_default();
+        assert!(report.contains("transfer"), "{file}: {report}");
+    }
+}
