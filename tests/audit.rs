@@ -249,7 +249,11 @@ fn a_scaler_fitted_on_every_segment_is_named_whatever_its_lineage_says() {
 
     // It claims train alone: its fit set is checked against the train segments' ids, and test was handed.
     let run = audit(&p, &["scaler_all"]);
-    fails(&run, SCALER, "scaler_all: scaler statistics fitted on tracks outside train");
+    fails(
+        &run,
+        SCALER,
+        "scaler_all: scaler statistics fitted on tracks outside train",
+    );
     fails(&run, SCALER, &format!("{first_test} (test)"));
     fails(
         &run,
@@ -324,7 +328,11 @@ fn a_tournament_that_selects_on_test_fails_and_the_honest_one_holds() {
     assert_eq!(honest.code, 0, "{}", honest.all());
 
     let run = audit(&p, &["tournament_by_test"]);
-    fails(&run, SELECTED, "tournament_by_test: champion chosen on test");
+    fails(
+        &run,
+        SELECTED,
+        "tournament_by_test: champion chosen on test",
+    );
     fails(
         &run,
         ONCE,
@@ -445,10 +453,8 @@ fn a_transfer_corpus_holding_a_training_track_fails_naming_it() {
     .unwrap();
 
     p.write_config(
-        &(DATA.replace(
-            "stages:",
-            "  leaky:\n    root: data/leaky\nstages:",
-        ) + DATA_PATH
+        &(DATA.replace("stages:", "  leaky:\n    root: data/leaky\nstages:")
+            + DATA_PATH
             + TRAIN
             + &TRANSFER.replace("DATASET", "leaky")),
     );
