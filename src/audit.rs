@@ -383,6 +383,23 @@ impl<'p> Store<'p> {
         })
     }
 
+    /// The track tables (by digest) that stages upstream of `node` fitted models on, with those stages.
+    fn fitted_corpora_upstream(&self, node: &Node) -> BTreeMap<Digest, BTreeSet<String>> {
+        let mut corpora: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
+        for a in self.ancestors(&node.digest) {
+            let Some(anc) = self.nodes.get(&a) else {
+                continue;
+            };
+            if anc.fits().next().is_none() || anc.is_scaler() {
+                continue;
+            }
+            if let Some(tracks) = self.chain(anc).and_then(|c| c.tracks) {
+                corpora.entry(tracks).or_default().insert(anc.name.clone());
+            }
+        }
+        corpora
+    }
+
     /// Every ancestor of `digest` (manifest digests), not itself.
     fn ancestors(&self, digest: &Digest) -> BTreeSet<Digest> {
         let mut seen = BTreeSet::new();
@@ -910,6 +927,32 @@ fn test_readers(store: &Store<'_>) -> Check {
                 ),
             );
         }
+        if node.manifest.kind == "transfer" {
+            let trained_on = store.fitted_corpora_upstream(node);
+            for read in reads {
+                let corpus = node
+                    .manifest
+                    .inputs
+                    .iter()
+                    .find(|i| i.artifacts.get(&read.artifact) == Some(&read.digest))
+                    .and_then(|i| i.manifest.as_ref())
+                    .and_then(|m| store.nodes.get(m))
+                    .and_then(|producer| store.chain(producer))
+                    .and_then(|c| c.tracks);
+                if let Some(trainers) = corpus.and_then(|c| trained_on.get(&c)) {
+                    check.fail_at(
+                        node,
+                        format!(
+                            "{} was handed {}.{}, test rows of the corpus {} trained on",
+                            node.name,
+                            read.stage,
+                            read.artifact,
+                            trainers.iter().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+        }
         for read in reads {
             readers
                 .entry(read.digest.clone())
@@ -1168,25 +1211,14 @@ fn transfer_audio(store: &Store<'_>) -> Check {
     let corpus = |node: &Node| store.chain(node).and_then(|c| c.tracks);
     let mut seen: BTreeSet<(Digest, Digest)> = BTreeSet::new();
     for node in store.sorted() {
-        let digest = &node.digest;
         if node.fits().next().is_none() || node.is_scaler() {
             continue;
         }
         let Some(own) = corpus(node) else {
             continue;
         };
-        let mut upstream: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
-        for a in store.ancestors(digest) {
-            let Some(anc) = store.nodes.get(&a) else {
-                continue;
-            };
-            if anc.fits().next().is_none() || anc.is_scaler() {
-                continue;
-            }
-            if let Some(theirs) = corpus(anc).filter(|t| *t != own) {
-                upstream.entry(theirs).or_default().insert(anc.name.clone());
-            }
-        }
+        let mut upstream = store.fitted_corpora_upstream(node);
+        upstream.remove(&own);
         for (theirs, trained_by) in upstream {
             if !seen.insert((own.clone(), theirs.clone())) {
                 continue;

@@ -456,7 +456,12 @@ fn a_transfer_corpus_holding_a_training_track_fails_naming_it() {
         &(DATA.replace("stages:", "  leaky:\n    root: data/leaky\nstages:")
             + DATA_PATH
             + TRAIN
-            + &TRANSFER.replace("DATASET", "leaky")),
+            + &TRANSFER.replace("DATASET", "leaky")
+            + "  - name: transfer_home
+    kind: transfer
+    inputs: [train, tournament, features, scaler, slice, ingest]
+    params: {batch_size: 16, max_epochs: 1, k: 3, probe_steps: 20}
+"),
     );
     let run = p.run(&["run", "-j", "2"]);
     assert_eq!(run.code, 0, "{}", run.all());
@@ -468,4 +473,17 @@ fn a_transfer_corpus_holding_a_training_track_fails_naming_it() {
     );
     // Its own split is still grouped by track: the leak is between the corpora.
     holds(&audit, SPLIT_TRACKS);
+
+    // "Transfer" back onto the training corpus reads the test rows the tournament already scored.
+    let home = p.run(&["audit", "transfer_home"]);
+    fails(
+        &home,
+        READERS,
+        "transfer_home was handed features.features@test, test rows of the corpus train trained on",
+    );
+    fails(
+        &home,
+        READERS,
+        "features.features@test was handed to 2 stages: tournament, transfer_home",
+    );
 }
