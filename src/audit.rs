@@ -1248,3 +1248,61 @@ fn transfer_audio(store: &Store<'_>) -> Check {
     }
     check
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_line_names_ten_culprits_then_counts_the_rest() {
+        let mut check = Check::new("x", "the invariant");
+        check.checked = 1;
+        for i in 0..12 {
+            check.fail(format!("stage: track {i}"));
+        }
+        let line = check.line();
+        assert!(
+            line.starts_with("FAILS  the invariant: stage: track 0; "),
+            "{line}"
+        );
+        assert!(line.contains("track 9"), "{line}");
+        assert!(!line.contains("track 10"), "{line}");
+        assert!(line.ends_with("track 9 and 2 more"), "{line}");
+    }
+
+    #[test]
+    fn a_check_with_nothing_to_check_says_so() {
+        let mut check = Check::new("x", "the invariant");
+        assert_eq!(
+            check.line(),
+            "holds  the invariant (nothing of the kind among the audited stages)"
+        );
+        check.checked = 2;
+        assert_eq!(check.line(), "holds  the invariant");
+    }
+
+    #[test]
+    fn duplicate_audio_pairs_are_named_once_each() {
+        let track = |id: &str, audio: &str| crate::stages::common::tables::Track {
+            id: id.into(),
+            class: "c".into(),
+            label: 0,
+            path: format!("{id}.wav"),
+            samples: 1,
+            source_rate: 1,
+            source_channels: 1,
+            file_digest: id.into(),
+            audio_digest: audio.into(),
+            warnings: Vec::new(),
+        };
+        let table = TrackTable {
+            sample_rate: 1,
+            classes: vec!["c".into()],
+            tracks: vec![track("a", "1"), track("b", "1"), track("c", "2")],
+        };
+        let left = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let right: BTreeSet<&str> = ["a", "b"].into();
+        assert_eq!(same_audio(Some(&table), &left, &right), ["a ~ b"]);
+        assert!(same_audio(Some(&table), &["c".to_string()], &right).is_empty());
+    }
+}

@@ -123,26 +123,32 @@ pub enum Command {
     },
     /// Prove the leakage invariants from the store's records; exit 1 and name the culprits if any fails.
     ///
-    /// Nothing is re-run: audit reads the manifests pipeline.lock names (and the manifests they name, however
-    /// stale the lock), each stage's typed lineage records, the splits the engine recorded handing each
-    /// stage (`split_reads`, written by the engine, so a stage cannot hide what it was given), and the data
-    /// path's tables: `tracks` (ingest, with each track's decoded-audio digest), `split` and `segments`.
-    /// It proves, printing `holds` or `FAILS` with the tracks, segments or stages at fault:
+    /// Nothing is re-run. audit reads the manifests pipeline.lock names (and the manifests
+    /// they name, however stale the lock), each stage's typed lineage records, the splits the
+    /// engine recorded handing each stage (`split_reads`: written by the engine, so a stage
+    /// cannot hide what it was given), and the data path's tables: `tracks` (ingest, with each
+    /// track's decoded-audio digest), `split` and `segments`. Each invariant prints as
+    /// `holds  <invariant>` or `FAILS  <invariant>: <stage>: <tracks, segments, artifacts>`:
     ///
-    ///   1. no track, and no audio (by digest, whatever the track's name), is in two of train, val and test
-    ///      (every corpus's split table, checked against its track table);
-    ///   2. every segment is in its track's split; every scaler's fit set is exactly its training segments
-    ///      (the digest of their ids), and each CV fold's scaler is fitted on its fold's training rows;
-    ///   3. every model's weights are fitted on training segments only; every choice (early stopping,
-    ///      learning-rate schedule, champion) is made on val; test is handed only to the tournament (and a
-    ///      transfer stage, for its own corpus), each test artifact to one stage, scored once after the
-    ///      choice;
-    ///   4. CV folds are grouped by track and duplicate audio (no held-out track trains its fold) and each
-    ///      fold is scored on tracks that did not drive its early stopping;
+    ///   1. no track, and no audio (by digest, whatever its name), is in two of train, val and
+    ///      test (every corpus's split table, checked against its track table);
+    ///   2. every segment is in its track's split; every scaler's fit set is exactly its
+    ///      training segments (the digest of their ids); each CV fold's scaler is fitted on the
+    ///      fold's training rows;
+    ///   3. every model's weights are fitted on training segments only; every choice (early
+    ///      stopping, learning-rate schedule, champion) is made on val; test is handed only to
+    ///      the tournament (and a transfer stage, for its own corpus), each test artifact to one
+    ///      stage, which scores it once, after its choice;
+    ///   4. CV folds are grouped by track and duplicate audio (no held-out track trains its
+    ///      fold), and each fold is scored on tracks that did not drive its early stopping;
     ///   5. a transfer corpus shares no audio with the corpus its model was trained on.
     ///
-    /// Exit status: 0 every invariant holds; 1 some invariant fails; 2 an error (no lock, an unknown stage,
-    /// a manifest or table missing from the store or damaged).
+    /// Stages that reproduce the study's leaks on purpose (a cv `study_replica` fold, a
+    /// tournament with `selection: test`) fail when audited by name; in the whole lock or in
+    /// another stage's ancestry their failures are listed beside the invariant, not counted.
+    ///
+    /// Exit status: 0 every invariant holds; 1 some invariant fails; 2 an error (no lock, an
+    /// unknown stage, a manifest or table missing from the store or damaged).
     #[command(verbatim_doc_comment)]
     Audit {
         /// Audit only this stage's ancestry (a family name: all its members'); default: every stage in

@@ -9,6 +9,8 @@
 //!
 //! The order is the point: the champion is fixed from the model cards' validation scores before a single
 //! test row is decoded, and the lineage records both the selection (by val) and the one read of test.
+//! `selection: test` reproduces the study's choice on test scores, recorded as such, so that
+//! `genrelab audit` can show it failing; it is never the default.
 
 #[cfg(test)]
 mod tests;
