@@ -26,8 +26,10 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --features toy-stages -- -D warnings
 
-## Reproduce the default pipeline and fail if any digest differs from the committed pipeline.lock (CI runs it).
+## Reproduce the default pipeline and fail if any digest differs from the committed pipeline.lock, or if any
+## leakage invariant fails on the result (CI runs it).
 check-lock: reproduce
+	$(BIN) audit
 	@git diff --exit-code -- pipeline.lock || { echo "pipeline.lock changed: a stage's outputs differ from the committed ones (or a stage's code changed and the lock was not re-committed)"; exit 1; }
 	@echo "check-lock: every digest matches the committed pipeline.lock"
 

@@ -16,8 +16,8 @@ use crate::dag::DagFormat;
 scaler -> ...), caching every output in artifacts/ by content. A stage re-runs only when its code, its params \
 or the content of its inputs change; pipeline.lock records what each stage produced so that anyone can verify \
 the results bit for bit.\n\nExit status: 0 success; 1 a check found a problem (stale stages for `status`, \
-bad artifacts for `verify`); 2 an error (bad configuration, a failed stage, unreadable files); 130 a run \
-cancelled with Ctrl-C."
+bad artifacts for `verify`, a failed invariant for `audit`); 2 an error (bad configuration, a failed stage, \
+unreadable files); 130 a run cancelled with Ctrl-C."
 )]
 pub struct Cli {
     /// The pipeline file; its folder holds pipeline.lock and artifacts/.
@@ -120,6 +120,44 @@ pub enum Command {
         /// Worker threads for `--rerun` (default: the number of CPUs).
         #[arg(short = 'j', long, value_name = "N")]
         jobs: Option<usize>,
+    },
+    /// Prove the leakage invariants from the store's records; exit 1 and name the culprits if any fails.
+    ///
+    /// Nothing is re-run. audit reads the manifests pipeline.lock names (and the manifests
+    /// they name, however stale the lock), each stage's typed lineage records, the splits the
+    /// engine recorded handing each stage (`split_reads`: written by the engine, so a stage
+    /// cannot hide what it was given), and the data path's tables: `tracks` (ingest, with each
+    /// track's decoded-audio digest), `split` and `segments`. Each invariant prints as
+    /// `holds  <invariant>` or `FAILS  <invariant>: <stage>: <tracks, segments, artifacts>`:
+    ///
+    ///   1. no track, and no audio (by digest, whatever its name), is in two of train, val and
+    ///      test (every corpus's split table, checked against its track table);
+    ///   2. every segment is in its track's split; every scaler's fit set is exactly its
+    ///      training segments (the digest of their ids); each CV fold's scaler is fitted on the
+    ///      fold's training rows;
+    ///   3. every model's weights are fitted on training segments only; every choice (early
+    ///      stopping, learning-rate schedule, champion) is made on val; test is handed only to
+    ///      the tournament (and a transfer stage, for its own corpus), each test artifact to one
+    ///      stage, which scores it once, after its choice;
+    ///   4. CV folds are grouped by track and duplicate audio (no held-out track trains its
+    ///      fold), and each fold is scored on tracks that did not drive its early stopping;
+    ///   5. a transfer corpus shares no audio with the corpus its model was trained on.
+    ///
+    /// Stages that reproduce the study's leaks on purpose (a cv `study_replica` fold, a
+    /// tournament with `selection: test`) fail when audited by name; in the whole lock or in
+    /// another stage's ancestry their failures are listed beside the invariant, not counted.
+    ///
+    /// Exit status: 0 every invariant holds; 1 some invariant fails; 2 an error (no lock, an
+    /// unknown stage, a manifest or table missing from the store or damaged).
+    #[command(verbatim_doc_comment)]
+    Audit {
+        /// Audit only this stage's ancestry (a family name: all its members'); default: every stage in
+        /// pipeline.lock.
+        #[arg(value_name = "STAGE")]
+        stage: Option<String>,
+        /// Machine-readable output: the same checks, each with every culprit, as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove store objects that no pipeline.lock entry reaches (never one it references).
     Gc {

@@ -14,6 +14,7 @@ pub mod code {
     include!(concat!(env!("OUT_DIR"), "/stage_sources.rs"));
 }
 
+pub mod audit;
 pub mod cas;
 pub mod cli;
 pub mod code_digest;

@@ -459,6 +459,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+        Command::Audit { stage, json } => {
+            let _shared = project.lock(false, "audit")?;
+            let report = match &stage {
+                Some(name) => match dag.families.get(name) {
+                    Some(members) => {
+                        genrelab::audit::audit_stages(&project, Some(members), Some(name))?
+                    }
+                    None => genrelab::audit::audit(&project, Some(name))?,
+                },
+                None => genrelab::audit::audit(&project, None)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.holds {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Export { stage, output, to } => {
             let _shared = project.lock(false, "export")?;
             for path in inspect::export(&project, &stage, output.as_deref(), &to)? {

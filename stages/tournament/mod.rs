@@ -9,6 +9,8 @@
 //!
 //! The order is the point: the champion is fixed from the model cards' validation scores before a single
 //! test row is decoded, and the lineage records both the selection (by val) and the one read of test.
+//! `selection: test` reproduces the study's choice on test scores, recorded as such, so that
+//! `genrelab audit` can show it failing; it is never the default.
 
 #[cfg(test)]
 mod tests;
@@ -33,9 +35,38 @@ use crate::train::stage::{candle_device, candle_error, ModelCard};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Params {}
+pub struct Params {
+    /// The split the champion is chosen on. `val` is the design; `test` reproduces the study's selection on
+    /// test scores, only to show that `genrelab audit` catches it. Left out of the canonical params at its
+    /// default, so the honest tournament keeps its key.
+    #[serde(skip_serializing_if = "Selection::is_val")]
+    pub selection: Selection,
+}
 
 impl StageParams for Params {}
+
+/// What the champion is chosen on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    #[default]
+    Val,
+    /// The study's leak: the champion is the model that scores best on test.
+    Test,
+}
+
+impl Selection {
+    fn is_val(&self) -> bool {
+        *self == Selection::Val
+    }
+
+    fn split(self) -> Split {
+        match self {
+            Selection::Val => Split::Val,
+            Selection::Test => Split::Test,
+        }
+    }
+}
 
 /// One member's row of the leaderboard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +101,14 @@ pub struct Champion {
     pub test: Evaluation,
 }
 
+/// The replica's rule: highest test segment accuracy, then test track accuracy, then the validation order.
+fn test_order(a: &(Entry, Evaluation), b: &(Entry, Evaluation)) -> std::cmp::Ordering {
+    let key = |e: &Entry| (e.test_segment_accuracy, e.test_track_accuracy);
+    key(&b.0)
+        .partial_cmp(&key(&a.0))
+        .unwrap_or(std::cmp::Ordering::Equal)
+}
+
 /// The rule the champion is chosen by, on validation scores only.
 fn val_order(a: &(usize, &ModelCard), b: &(usize, &ModelCard)) -> std::cmp::Ordering {
     let key = |c: &ModelCard| (c.val.segment.accuracy, c.val.track_mean.accuracy);
@@ -79,7 +118,7 @@ fn val_order(a: &(usize, &ModelCard), b: &(usize, &ModelCard)) -> std::cmp::Orde
         .then(a.0.cmp(&b.0))
 }
 
-fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
+fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     let device = candle_device(ctx.exec().device)?;
     let models = ctx.inputs("model");
     if models.is_empty() {
@@ -96,14 +135,14 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     // Selection first, from validation alone: test is not open yet.
     let mut order: Vec<(usize, &ModelCard)> = cards.iter().enumerate().collect();
     order.sort_by(val_order);
-    let champion = models[order[0].0].stage.clone();
+    let val_champion = models[order[0].0].stage.clone();
 
     let segments: SegmentTable = read_json(ctx.input("segments")?, "segments")?;
     let tracks: TrackTable = read_json(ctx.input("tracks")?, "tracks")?;
     let features = ScaledFeatures::from_inputs(ctx, &[Split::Test])?;
     let test = LoadedSplit::load(&features, &segments, Split::Test)?;
     let mut entries = Vec::new();
-    let mut champion_eval = None;
+    let mut evaluations = Vec::new();
     for &(i, card) in &order {
         ctx.stop_if_cancelled()?;
         let input = &models[i];
@@ -139,10 +178,22 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
             test_track_accuracy: eval.track_mean.accuracy,
             test_track_vote_accuracy: eval.track_vote.accuracy,
         });
-        if input.stage == champion {
-            champion_eval = Some(eval);
-        }
+        evaluations.push(eval);
     }
+    let champion = match params.selection {
+        Selection::Val => val_champion,
+        Selection::Test => {
+            let mut ranked: Vec<(Entry, Evaluation)> =
+                entries.into_iter().zip(evaluations).collect();
+            ranked.sort_by(test_order);
+            (entries, evaluations) = ranked.into_iter().unzip();
+            entries[0].member.clone()
+        }
+    };
+    let champion_eval = entries
+        .iter()
+        .position(|e| e.member == champion)
+        .map(|i| evaluations[i].clone());
     let board = Leaderboard {
         champion: champion.clone(),
         entries,
@@ -161,7 +212,8 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     write_canonical_json(&dir.join("champion.json"), &champion_file)?;
 
     let mut summary = vec![format!(
-        "champion (chosen on val): {champion}; test {:.1}% per segment, {:.1}% per track",
+        "champion (chosen on {}): {champion}; test {:.1}% per segment, {:.1}% per track",
+        params.selection.split(),
         100.0 * test_eval.segment.accuracy,
         100.0 * test_eval.track_mean.accuracy
     )];
@@ -171,17 +223,26 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         &tracks.classes,
         &test_eval.segment.confusion,
     ));
-    let lineage = Lineage::default()
-        .with(Record::Selected {
-            what: "champion".into(),
-            by: Split::Val,
-            chosen: champion,
-        })
-        .with(Record::Scored {
+    let selected = Record::Selected {
+        what: "champion".into(),
+        by: params.selection.split(),
+        chosen: champion,
+    };
+    // In the order things happened: on val the choice comes first, on test the scores it was made from.
+    let lineage = match params.selection {
+        Selection::Val => Lineage::default().with(selected).with(Record::Scored {
             what: "accuracy, macro F1 (every member, after the selection)".into(),
             split: Split::Test,
             segments: test.labels.len(),
-        });
+        }),
+        Selection::Test => Lineage::default()
+            .with(Record::Scored {
+                what: "accuracy, macro F1 (every member, to choose the champion)".into(),
+                split: Split::Test,
+                segments: test.labels.len(),
+            })
+            .with(selected),
+    };
     Ok(StageReport { lineage, summary })
 }
 

@@ -1,6 +1,8 @@
 //! Toy stage kinds that exercise the engine without audio: a source, a dataset scanner and a mapper that
-//! can be slowed down or made to fail. Built only with the `toy-stages` feature (the tests and `make bench`).
+//! can be slowed down or made to fail; and leaky kinds that the audit must catch. Built only with the
+//! `toy-stages` feature (the tests and `make bench`).
 
+mod leaks;
 mod splits;
 
 use std::io::Write;
@@ -326,5 +328,6 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         }),
     ];
     kinds.extend(splits::kinds());
+    kinds.extend(leaks::kinds());
     kinds
 }
