@@ -78,6 +78,22 @@ fn grouped_folds_never_share_a_track_and_the_replica_does() {
             }
         }
         assert_eq!(fitted, tracks(&fold["train"]), "{member}");
+        // The typed part records name the same held-out and early-stopping tracks as fold.json.
+        let part = |role: &str| -> BTreeSet<String> {
+            let records = lineage["lineage"]["records"].as_array().unwrap();
+            let found: Vec<&serde_json::Value> = records
+                .iter()
+                .filter(|r| r["record"] == "part" && r["role"] == role)
+                .collect();
+            assert_eq!(found.len(), 1, "{member}: one {role} part");
+            tracks(found[0])
+        };
+        assert_eq!(part("held_out"), tracks(&fold["held_out"]), "{member}");
+        assert_eq!(
+            part("early_stopping"),
+            tracks(&fold["early_stopping"]),
+            "{member}"
+        );
     }
     // Every train and val track is held out exactly once.
     let split: serde_json::Value =

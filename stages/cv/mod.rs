@@ -32,8 +32,9 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use genrelab_contract::{
-    ids_digest, read_json, write_canonical_json, Determinism, Lineage, Need, ParamProblem, Record,
-    Split, StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
+    ids_digest, read_json, write_canonical_json, Determinism, Lineage, Need, ParamProblem,
+    PartRole, Record, Split, StageContext, StageError, StageKind, StageParams, StageReport,
+    TypedStage,
 };
 
 use crate::common::scaled_reader::{ScaledFeatures, ScalerStats};
@@ -547,6 +548,17 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     {
         lineage = lineage.with(record);
     }
+    lineage = lineage
+        .with(Record::Part {
+            what: format!("fold {fold} early stopping (best epoch)"),
+            role: PartRole::EarlyStopping,
+            tracks: result.early_stopping.tracks.clone(),
+        })
+        .with(Record::Part {
+            what: format!("fold {fold} held-out accuracy, macro F1"),
+            role: PartRole::HeldOut,
+            tracks: result.held_out.tracks.clone(),
+        });
     let summary = format!(
         "{} fold {}/{}: trained on {} tracks ({} segments), held out {} tracks ({} also trained on); best epoch {} of {}; held-out {:.1}% per segment, {:.1}% per track",
         params.mode.name(),
