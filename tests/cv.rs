@@ -78,6 +78,22 @@ fn grouped_folds_never_share_a_track_and_the_replica_does() {
             }
         }
         assert_eq!(fitted, tracks(&fold["train"]), "{member}");
+        // The typed part records name the same held-out and early-stopping tracks as fold.json.
+        let part = |role: &str| -> BTreeSet<String> {
+            let records = lineage["lineage"]["records"].as_array().unwrap();
+            let found: Vec<&serde_json::Value> = records
+                .iter()
+                .filter(|r| r["record"] == "part" && r["role"] == role)
+                .collect();
+            assert_eq!(found.len(), 1, "{member}: one {role} part");
+            tracks(found[0])
+        };
+        assert_eq!(part("held_out"), tracks(&fold["held_out"]), "{member}");
+        assert_eq!(
+            part("early_stopping"),
+            tracks(&fold["early_stopping"]),
+            "{member}"
+        );
     }
     // Every train and val track is held out exactly once.
     let split: serde_json::Value =
@@ -116,4 +132,76 @@ fn grouped_folds_never_share_a_track_and_the_replica_does() {
     assert!((grouped["segment_accuracy"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
     assert!(run.stdout.contains("grouped 3-fold"), "{}", run.all());
     assert!(run.stdout.contains("study_replica 3-fold"), "{}", run.all());
+}
+
+#[test]
+fn arch_champion_cross_validates_the_architecture_the_tournament_chose() {
+    let stages = "
+  - {name: scaler, kind: scaler, inputs: [features, slice]}
+  - name: train
+    kind: train
+    inputs: [features, scaler, slice, ingest]
+    foreach: {arch: [efficient_vgg, unet_lean]}
+    params: {width: 0.25, batch_size: 16, max_epochs: 1}
+  - {name: tournament, kind: tournament, inputs: [train, features, scaler, slice, ingest]}
+  - name: cv
+    kind: cv
+    inputs: [features, slice, split, ingest, tournament]
+    params:
+      folds: 3
+      arch: champion
+      train: {arch: res_se, width: 0.25, batch_size: 16, max_epochs: 1}
+";
+    let p = Project::new(&(util::tiny_data_path(6, 3) + stages));
+    let run = p.run(&["run"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let board = p.output_json("tournament", "tournament", "leaderboard.json");
+    let champion = board["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["member"] == board["champion"])
+        .expect("the champion has a row");
+    let fold = p.output_json("cv", "fold", "fold.json");
+    assert_eq!(fold["spec"]["arch"], champion["arch"], "{board}");
+    assert_ne!(
+        fold["spec"]["arch"], "res_se",
+        "`arch` overrides train.arch"
+    );
+
+    // Without a tournament to follow, the fold says what is missing instead of guessing.
+    let lonely = Project::new(
+        &(util::tiny_data_path(6, 3)
+            + "
+  - name: cv
+    kind: cv
+    inputs: [features, slice, split, ingest]
+    params: {folds: 3, arch: champion, train: {width: 0.25, batch_size: 16, max_epochs: 1}}
+"),
+    );
+    let failed = lonely.run(&["run"]);
+    assert_ne!(failed.code, 0, "{}", failed.all());
+    assert!(
+        failed
+            .all()
+            .contains("`arch: champion` follows one tournament"),
+        "{}",
+        failed.all()
+    );
+    // A misspelt architecture is a param error before anything runs.
+    let typo = Project::new(
+        &(util::tiny_data_path(6, 3)
+            + "
+  - {name: cv, kind: cv, inputs: [features, slice, split, ingest], params: {folds: 3, arch: champoin}}
+"),
+    );
+    let refused = typo.run(&["run"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused
+            .all()
+            .contains("`champoin` is neither `champion` nor an architecture"),
+        "{}",
+        refused.all()
+    );
 }

@@ -16,7 +16,7 @@
 mod lineage;
 mod split;
 
-pub use lineage::{ids_digest, Lineage, Record};
+pub use lineage::{ids_digest, Lineage, PartRole, Record};
 pub use split::{split_of, Split, UnknownSplit, SPLIT_SEPARATOR};
 
 use std::collections::BTreeMap;

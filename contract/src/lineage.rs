@@ -68,6 +68,24 @@ pub enum Record {
         by: Split,
         chosen: String,
     },
+    /// The tracks (sorted ids) of one part of the stage's rows that is not a whole split: a CV fold's
+    /// held-out rows, and the rows that drove its early stopping. Their rows are counted by the
+    /// [`Record::Scored`] records of the same `what`; `audit` checks the parts against the fold's fit sets.
+    Part {
+        what: String,
+        role: PartRole,
+        tracks: Vec<String>,
+    },
+}
+
+/// What a [`Record::Part`]'s rows were used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartRole {
+    /// Chose the best epoch and drove the learning-rate schedule.
+    EarlyStopping,
+    /// Gave the score that is reported.
+    HeldOut,
 }
 
 impl Record {
@@ -75,7 +93,10 @@ impl Record {
     /// records that describe the stage's own outputs (the split it made, the segments it cut).
     pub fn requires(&self) -> Option<Split> {
         match self {
-            Record::SplitTracks { .. } | Record::Segments { .. } | Record::Selected { .. } => None,
+            Record::SplitTracks { .. }
+            | Record::Segments { .. }
+            | Record::Selected { .. }
+            | Record::Part { .. } => None,
             Record::Fit { split, .. } | Record::Scored { split, .. } => Some(*split),
         }
     }

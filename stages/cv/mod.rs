@@ -10,6 +10,10 @@
 //!   best epoch on the fold that drove early stopping. One track's segments land in several folds, which is
 //!   why this estimate runs high; `fold.json` counts the held-out tracks that also fed training.
 //!
+//! The network is `train.arch` (the lean U-Net by default), or with `arch: champion` whichever architecture
+//! the tournament chose on validation, read from its leaderboard; the fold's own `train` settings (width,
+//! epochs) still apply, so a 2-core profile can cross-validate the champion's design at a small width.
+//!
 //! Every fold of one cross-validation draws its assignment from the same stream (seeded by `seed` and the
 //! ids of the rows, not by the member's stage key), so the members of a `foreach: {fold: ...}` family agree.
 //!
@@ -28,14 +32,16 @@ use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 
 use genrelab_contract::{
-    ids_digest, read_json, write_canonical_json, Determinism, Lineage, Need, ParamProblem, Record,
-    Split, StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
+    ids_digest, read_json, write_canonical_json, Determinism, Lineage, Need, ParamProblem,
+    PartRole, Record, Split, StageContext, StageError, StageKind, StageParams, StageReport,
+    TypedStage,
 };
 
 use crate::common::scaled_reader::{ScaledFeatures, ScalerStats};
 use crate::common::split_tensors::{open_split, FEATURES};
 use crate::common::tables::{fit_record, Segment, SegmentTable, SplitTable, TrackTable};
 use crate::common::tensors::TensorFile;
+use crate::tournament::Leaderboard;
 use crate::train::data::LoadedSplit;
 use crate::train::fit::{self, EpochRecord, SegmentSet};
 use crate::train::metrics::{self, Evaluation};
@@ -78,6 +84,9 @@ pub struct Params {
     /// The network and its training settings, as the `train` kind takes them (default: the lean U-Net the
     /// study cross-validated).
     pub train: crate::train::stage::Params,
+    /// Overrides `train.arch` when set: an architecture name, or `champion` for the architecture the
+    /// tournament chose on validation (the stage then needs a `tournament` input).
+    pub arch: Option<String>,
 }
 
 impl Default for Params {
@@ -92,6 +101,7 @@ impl Default for Params {
                 arch: Architecture::UnetLean,
                 ..Default::default()
             },
+            arch: None,
         }
     }
 }
@@ -112,9 +122,76 @@ impl StageParams for Params {
                 format!("{} is not a fold of 0..{}", self.fold, self.folds),
             ));
         }
+        if let Some(Err(message)) = self.arch.as_deref().map(ArchChoice::parse) {
+            problems.push(ParamProblem::at("arch", message));
+        }
         problems
     }
 }
+
+/// What `arch` names: a fixed architecture, or whichever one the tournament chose.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ArchChoice {
+    Fixed(Architecture),
+    Champion,
+}
+
+impl ArchChoice {
+    const CHAMPION: &'static str = "champion";
+
+    fn parse(name: &str) -> Result<Self, String> {
+        if name == Self::CHAMPION {
+            return Ok(ArchChoice::Champion);
+        }
+        serde_json::from_value(serde_json::Value::String(name.to_string()))
+            .map(ArchChoice::Fixed)
+            .map_err(|_| {
+                format!(
+                    "`{name}` is neither `{}` nor an architecture (efficient_vgg, res_se, unet, unet_lean)",
+                    Self::CHAMPION
+                )
+            })
+    }
+}
+
+/// The architecture this fold trains, following the tournament's champion when asked to.
+fn architecture(params: &Params, ctx: &StageContext) -> Result<Architecture, StageError> {
+    let Some(name) = params.arch.as_deref() else {
+        return Ok(params.train.arch);
+    };
+    match ArchChoice::parse(name).map_err(|m| StageError::bad_input("arch", m))? {
+        ArchChoice::Fixed(arch) => Ok(arch),
+        ArchChoice::Champion => {
+            let tournament = match ctx.inputs(TOURNAMENT) {
+                [one] => one,
+                others => {
+                    return Err(StageError::bad_input(
+                        TOURNAMENT,
+                        format!(
+                            "`arch: champion` follows one tournament's choice; this stage was given {}: list exactly one tournament stage in its inputs",
+                            others.len()
+                        ),
+                    ))
+                }
+            };
+            let board: Leaderboard =
+                read_json(&tournament.path.join("leaderboard.json"), TOURNAMENT)?;
+            board
+                .entries
+                .iter()
+                .find(|e| e.member == board.champion)
+                .map(|e| e.arch)
+                .ok_or_else(|| {
+                    StageError::bad_input(
+                        TOURNAMENT,
+                        format!("the champion `{}` has no leaderboard row", board.champion),
+                    )
+                })
+        }
+    }
+}
+
+const TOURNAMENT: &str = "tournament";
 
 /// One part of the pool: its size and its tracks (sorted ids).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -382,7 +459,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     );
 
     let spec = ModelSpec {
-        arch: params.train.arch,
+        arch: architecture(params, ctx)?,
         width: params.train.width,
         classes: tracks.classes.len(),
         n_mels,
@@ -471,6 +548,17 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     {
         lineage = lineage.with(record);
     }
+    lineage = lineage
+        .with(Record::Part {
+            what: format!("fold {fold} early stopping (best epoch)"),
+            role: PartRole::EarlyStopping,
+            tracks: result.early_stopping.tracks.clone(),
+        })
+        .with(Record::Part {
+            what: format!("fold {fold} held-out accuracy, macro F1"),
+            role: PartRole::HeldOut,
+            tracks: result.held_out.tracks.clone(),
+        });
     let summary = format!(
         "{} fold {}/{}: trained on {} tracks ({} segments), held out {} tracks ({} also trained on); best epoch {} of {}; held-out {:.1}% per segment, {:.1}% per track",
         params.mode.name(),
@@ -497,6 +585,7 @@ const NEEDS: &[Need] = &[
     Need::one("segments"),
     Need::one("tracks"),
     Need::one("split"),
+    Need::any(TOURNAMENT),
 ];
 
 pub fn kind() -> Box<dyn StageKind> {
@@ -505,7 +594,7 @@ pub fn kind() -> Box<dyn StageKind> {
         about: "one fold of a cross-validation over train+val: grouped by track (default) or the study's replica",
         needs: NEEDS,
         outputs: &["fold/"],
-        code_dirs: &["cv", "train", "scaler", "common"],
+        code_dirs: &["cv", "train", "scaler", "tournament", "common"],
         determinism: Determinism::Exact,
         run,
     })
