@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use super::{check_input, split_mode, ModelSpec, Tally};
 use crate::train::classifier::{Classifier, Mode};
 use crate::train::nn::layers::{
-    global_avg_pool, max_pool_2x2, BatchNorm, Conv2d, Dense, Dropout, SqueezeExcite,
+    global_avg_pool, max_pool_2x2, BatchNorm, Conv2d, Dense, Dropout, SqueezeExcite, Then,
 };
 use crate::train::nn::params::{ParamStore, Weights};
 
@@ -26,6 +26,9 @@ pub struct EfficientVgg {
     hidden: Dense,
     dropout: Dropout,
     logits: Dense,
+    /// Batch norm, ReLU and pool as one op and SE's scaling as one op; off for the stock-candle baseline,
+    /// which keeps them as separate candle ops.
+    fuse: bool,
     dtype: DType,
     weights: Weights,
 }
@@ -61,6 +64,7 @@ impl EfficientVgg {
             hidden,
             dropout: Dropout::new(DROPOUT)?,
             logits,
+            fuse: kernel != ConvKernel::CandleStock,
             dtype,
             weights: p.finish(),
         })
@@ -89,9 +93,13 @@ impl EfficientVgg {
         let mut x = x.clone();
         for b in &self.blocks {
             x = b.conv.forward(&x)?;
-            x = b.bn.forward(&x, train)?.relu()?;
-            x = max_pool_2x2(&x)?;
-            x = b.se.forward(&x)?;
+            x = if self.fuse {
+                let pooled = b.bn.forward_then(&x, train, Then::Relu, true)?;
+                b.se.forward(&pooled)?
+            } else {
+                let pooled = max_pool_2x2(&b.bn.forward(&x, train)?.relu()?)?;
+                b.se.forward_composed(&pooled)?
+            };
         }
         self.hidden.forward(&global_avg_pool(&x)?)?.relu()
     }

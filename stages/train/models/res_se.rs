@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use super::{check_input, split_mode, ModelSpec, Tally};
 use crate::train::classifier::{Classifier, Mode};
 use crate::train::nn::layers::{
-    global_avg_pool, BatchNorm, Conv2d, Dense, Dropout, PRelu, SqueezeExcite,
+    global_avg_pool, BatchNorm, Conv2d, Dense, Dropout, PRelu, SqueezeExcite, Then,
 };
 use crate::train::nn::params::{ParamStore, Weights};
 
@@ -28,6 +28,8 @@ pub(crate) struct ResBlock {
     shortcut_conv: Conv2d,
     shortcut_bn: BatchNorm,
     prelu_out: PRelu,
+    /// BN -> PReLU, SE's scaling and add -> PReLU as single ops; off for the stock-candle baseline.
+    fuse: bool,
 }
 
 impl ResBlock {
@@ -48,16 +50,32 @@ impl ResBlock {
             shortcut_conv: Conv2d::new(p, &format!("{name}.shortcut_conv"), c_in, c, 1, stride)?,
             shortcut_bn: BatchNorm::new(p, &format!("{name}.shortcut_bn"), c)?,
             prelu_out: PRelu::new(p, &format!("{name}.prelu_out"), c)?,
+            fuse: p.conv_kernel() != ConvKernel::CandleStock,
         })
     }
 
     pub(crate) fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if self.fuse {
+            let y = self.bn1.forward_then(
+                &self.conv1.forward(x)?,
+                train,
+                Then::PRelu(&self.prelu1),
+                false,
+            )?;
+            let y = self
+                .se
+                .forward(&self.bn2.forward(&self.conv2.forward(&y)?, train)?)?;
+            let shortcut = self
+                .shortcut_bn
+                .forward(&self.shortcut_conv.forward(x)?, train)?;
+            return self.prelu_out.forward_sum(&shortcut, &y);
+        }
         let y = self
             .prelu1
             .forward(&self.bn1.forward(&self.conv1.forward(x)?, train)?)?;
         let y = self
             .se
-            .forward(&self.bn2.forward(&self.conv2.forward(&y)?, train)?)?;
+            .forward_composed(&self.bn2.forward(&self.conv2.forward(&y)?, train)?)?;
         let shortcut = self
             .shortcut_bn
             .forward(&self.shortcut_conv.forward(x)?, train)?;
@@ -72,6 +90,7 @@ pub struct ResSe {
     blocks: Vec<ResBlock>,
     dropout: Dropout,
     logits: Dense,
+    fuse: bool,
     dtype: DType,
     weights: Weights,
 }
@@ -112,6 +131,7 @@ impl ResSe {
             blocks,
             dropout: Dropout::new(DROPOUT)?,
             logits,
+            fuse: kernel != ConvKernel::CandleStock,
             dtype,
             weights: p.finish(),
         })
@@ -145,9 +165,14 @@ impl ResSe {
     /// Everything before the head's dropout: the stem, the residual blocks and the global average pool.
     fn trunk(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         check_input(x, self.dtype)?;
-        let mut x = self
-            .stem_prelu
-            .forward(&self.stem_bn.forward(&self.stem_conv.forward(x)?, train)?)?;
+        let stem = self.stem_conv.forward(x)?;
+        let mut x = if self.fuse {
+            self.stem_bn
+                .forward_then(&stem, train, Then::PRelu(&self.stem_prelu), false)?
+        } else {
+            self.stem_prelu
+                .forward(&self.stem_bn.forward(&stem, train)?)?
+        };
         for b in &self.blocks {
             x = b.forward(&x, train)?;
         }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use super::{check_input, split_mode, Architecture, ModelSpec, Tally};
 use crate::train::classifier::{Classifier, Mode};
 use crate::train::nn::layers::{
-    global_avg_pool, max_pool_2x2, BatchNorm, Conv2d, Dense, Dropout, PRelu,
+    global_avg_pool, max_pool_2x2, BatchNorm, Conv2d, Dense, Dropout, PRelu, Then,
 };
 use crate::train::nn::params::{ParamStore, Weights};
 
@@ -79,6 +79,8 @@ pub struct Unet {
     stages: Vec<Stage>,
     dropout: Dropout,
     logits: Dense,
+    /// Batch norm, PReLU and the stage's pool as one op; off for the stock-candle baseline.
+    fuse: bool,
     dtype: DType,
     weights: Weights,
 }
@@ -122,6 +124,7 @@ impl Unet {
             stages,
             dropout: Dropout::new(DROPOUT)?,
             logits,
+            fuse: kernel != ConvKernel::CandleStock,
             dtype,
             weights: p.finish(),
         })
@@ -151,6 +154,19 @@ impl Unet {
         check_input(x, self.dtype)?;
         let mut x = x.clone();
         for stage in &self.stages {
+            if self.fuse {
+                let last = stage.units.len() - 1;
+                for (i, u) in stage.units.iter().enumerate() {
+                    let pool = stage.pool && i == last;
+                    x = u.bn.forward_then(
+                        &u.conv.forward(&x)?,
+                        train,
+                        Then::PRelu(&u.prelu),
+                        pool,
+                    )?;
+                }
+                continue;
+            }
             for u in &stage.units {
                 x = u
                     .prelu

@@ -105,7 +105,203 @@ pub fn prelu(x: &Tensor, alpha: &Tensor) -> Result<Tensor> {
     )
 }
 
-fn check_dtypes(what: &str, x: &Tensor, others: &[&Tensor]) -> Result<()> {
+/// `prelu(a + b)` (a residual add and its activation) as one op: `a`, `b` [b, c, h, w] and `alpha` [c],
+/// differentiable in all three. The sum is rounded to the dtype before the activation, as the separate add
+/// stores it; both addends receive the same gradient.
+pub fn prelu_of_sum(a: &Tensor, b: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = a.dims4()?;
+    if b.dims() != a.dims() {
+        bail!("prelu of sum: addends {:?} and {:?}", a.dims(), b.dims());
+    }
+    if alpha.dims() != [c] {
+        bail!("prelu: slopes of shape {:?} for {c} channels", alpha.dims());
+    }
+    check_dtypes("prelu of sum", a, &[b, alpha])?;
+    a.contiguous()?.apply_op3(
+        &b.contiguous()?,
+        &alpha.contiguous()?,
+        PReluSumOp {
+            dims: (n, c, h * w),
+        },
+    )
+}
+
+struct PReluSumOp {
+    dims: (usize, usize, usize),
+}
+
+impl PReluSumOp {
+    fn forward<T: Real>(&self, a: &[T], b: &[T], alpha: &[T]) -> Result<Vec<T>> {
+        let (_, c, hw) = self.dims;
+        let alpha = to_f64(alpha);
+        let (y, _) = zip_planes::<T, false, _>(a, b, hw, c, |ch| {
+            let k = alpha[ch];
+            move |u, v| {
+                let s = T::of(u + v).f64();
+                (if s > 0.0 { s } else { 0.0 + k * s }, 0.0)
+            }
+        })?;
+        Ok(y)
+    }
+
+    /// The gradient reaching the sum, and per-channel sums of `dy * s` where `s < 0` (the slopes' gradient).
+    fn backward<T: Real>(
+        &self,
+        a: &[T],
+        b: &[T],
+        dy: &[T],
+        alpha: &[f64],
+    ) -> Result<(Vec<T>, Vec<f64>)> {
+        let (n, c, hw) = self.dims;
+        if a.len() != n * c * hw || b.len() != a.len() || dy.len() != a.len() {
+            bail!("prelu of sum backward: operand sizes");
+        }
+        let (ds, partials) =
+            super::bn_prelu::fill_planes::<T, f64>(n * c, hw, min_planes(hw), |i, o| {
+                let k = alpha[i % c];
+                let span = i * hw..(i + 1) * hw;
+                let mut da = 0.0;
+                for (o, ((u, v), g)) in o
+                    .iter_mut()
+                    .zip(a[span.clone()].iter().zip(&b[span.clone()]).zip(&dy[span]))
+                {
+                    let s = T::of(u.f64() + v.f64()).f64();
+                    let g = g.f64();
+                    if s < 0.0 {
+                        o.write(T::of(k * g));
+                        da += g * s;
+                    } else {
+                        o.write(T::of(g));
+                    }
+                }
+                da
+            });
+        let mut sums = vec![0.0; c];
+        for (i, p) in partials.iter().enumerate() {
+            sums[i % c] += p;
+        }
+        Ok((ds, sums))
+    }
+}
+
+impl CustomOp3 for PReluSumOp {
+    fn name(&self) -> &'static str {
+        "prelu-of-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = l1.dims();
+        let c = [self.dims.1];
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(k)) => {
+                CpuStorage::F32(self.forward(
+                    operand(a, l1, dims, "addend")?,
+                    operand(b, l2, dims, "addend")?,
+                    operand(k, l3, &c, "prelu slopes")?,
+                )?)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(k)) => {
+                CpuStorage::F64(self.forward(
+                    operand(a, l1, dims, "addend")?,
+                    operand(b, l2, dims, "addend")?,
+                    operand(k, l3, &c, "prelu slopes")?,
+                )?)
+            }
+            (a, b, k) => bail!(
+                "prelu of sum: needs f32 or f64 operands of one dtype, got {:?}, {:?}, {:?}",
+                a.dtype(),
+                b.dtype(),
+                k.dtype()
+            ),
+        };
+        Ok((out, Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        alpha: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = self.dims.1;
+        let op = PReluSumGrad {
+            op: PReluSumOp { dims: self.dims },
+            alpha: alpha.detach().to_dtype(DType::F64)?.to_vec1()?,
+            sums: OnceLock::new(),
+        };
+        let ds = a.apply_op3_no_bwd(b, &grad.contiguous()?, &op)?;
+        let Some(sums) = op.sums.get() else {
+            bail!("prelu of sum backward left no sums");
+        };
+        let dalpha = Tensor::from_slice(sums, c, a.device())?.to_dtype(a.dtype())?;
+        Ok((Some(ds.clone()), Some(ds), Some(dalpha)))
+    }
+}
+
+/// The backward pass over (a, b, dy): the sum's gradient as output, the slopes' gradient left in `sums`.
+struct PReluSumGrad {
+    op: PReluSumOp,
+    alpha: Vec<f64>,
+    sums: OnceLock<Vec<f64>>,
+}
+
+impl CustomOp3 for PReluSumGrad {
+    fn name(&self) -> &'static str {
+        "prelu-of-sum-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = l1.dims();
+        let (out, sums) = match (s1, s2, s3) {
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(g)) => {
+                let (o, s) = self.op.backward(
+                    operand(a, l1, dims, "addend")?,
+                    operand(b, l2, dims, "addend")?,
+                    operand(g, l3, dims, "output gradient")?,
+                    &self.alpha,
+                )?;
+                (CpuStorage::F32(o), s)
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(g)) => {
+                let (o, s) = self.op.backward(
+                    operand(a, l1, dims, "addend")?,
+                    operand(b, l2, dims, "addend")?,
+                    operand(g, l3, dims, "output gradient")?,
+                    &self.alpha,
+                )?;
+                (CpuStorage::F64(o), s)
+            }
+            (a, b, g) => bail!(
+                "prelu of sum backward: needs f32 or f64 operands of one dtype, got {:?}, {:?}, {:?}",
+                a.dtype(),
+                b.dtype(),
+                g.dtype()
+            ),
+        };
+        let _ = self.sums.set(sums);
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+pub(super) fn check_dtypes(what: &str, x: &Tensor, others: &[&Tensor]) -> Result<()> {
     if !supports(x) {
         bail!(
             "{what}: fused op needs an f32 or f64 CPU tensor, got {:?}",
@@ -125,7 +321,7 @@ fn check_dtypes(what: &str, x: &Tensor, others: &[&Tensor]) -> Result<()> {
 }
 
 /// (batch, channels, h * w) of a batch norm's input, checked against its parameters.
-fn check_bn(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(usize, usize, usize)> {
+pub(super) fn check_bn(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(usize, usize, usize)> {
     let (b, c, h, w) = x.dims4()?;
     if gamma.dims() != [c] || beta.dims() != [c] {
         bail!(
@@ -142,7 +338,7 @@ fn check_bn(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<(usize, usize, 
 }
 
 /// The float types the kernels run on; all arithmetic goes through f64.
-trait Real: Copy + Send + Sync + 'static {
+pub(super) trait Real: Copy + Send + Sync + 'static {
     fn f64(self) -> f64;
     fn of(v: f64) -> Self;
 }
@@ -169,10 +365,10 @@ impl Real for f64 {
 
 /// Independent accumulators per sum, so that the additions pipeline and vectorise; combined in a fixed
 /// pairwise order.
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 #[inline(always)]
-fn fold(a: [f64; LANES]) -> f64 {
+pub(super) fn fold(a: [f64; LANES]) -> f64 {
     ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
 }
 
@@ -199,7 +395,7 @@ fn plane_sums<A: Real, B: Real>(a: &[A], b: &[B], f: impl Fn(f64, f64) -> (f64, 
 
 /// Planes per rayon task: enough elements per task that the split costs nothing next to the work. The
 /// split never changes a result.
-fn min_planes(hw: usize) -> usize {
+pub(super) fn min_planes(hw: usize) -> usize {
     (1usize << 14).div_ceil(hw.max(1))
 }
 
@@ -233,7 +429,7 @@ fn plane_partials<T: Real, G: Fn(f64, f64) -> (f64, f64)>(
 /// A new buffer with `out[i] = f(channel)(a[i], b[i]).0` over planes of `hw` elements of `c` channels, and the
 /// per-plane sums of the second component when `SUM`. Written in place of a zero-filled buffer: the fill
 /// would be one more pass over memory than the op itself needs.
-fn zip_planes<T: Real, const SUM: bool, G: Fn(f64, f64) -> (f64, f64)>(
+pub(super) fn zip_planes<T: Real, const SUM: bool, G: Fn(f64, f64) -> (f64, f64)>(
     a: &[T],
     b: &[T],
     hw: usize,
@@ -291,7 +487,7 @@ fn zip_planes<T: Real, const SUM: bool, G: Fn(f64, f64) -> (f64, f64)>(
 }
 
 /// The contiguous data of an operand whose shape must be `expected`.
-fn operand<'a, T>(
+pub(super) fn operand<'a, T>(
     data: &'a [T],
     layout: &Layout,
     expected: &[usize],
@@ -309,16 +505,16 @@ fn operand<'a, T>(
     }
 }
 
-fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
+pub(super) fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.f64()).collect()
 }
 
 /// Per-channel mean and biased variance of `x` [b, c, hw]; the statistics as saved for the backward pass.
 #[derive(Debug)]
-struct Saved {
-    mean: Vec<f64>,
-    var: Vec<f64>,
-    invstd: Vec<f64>,
+pub(super) struct Saved {
+    pub(super) mean: Vec<f64>,
+    pub(super) var: Vec<f64>,
+    pub(super) invstd: Vec<f64>,
 }
 
 enum Stats {
@@ -372,7 +568,7 @@ impl BatchNormOp {
 /// Mean and biased variance per channel in one pass, from sums of `x - k` and its square where `k` is the
 /// channel's first element: shifting by a value of the data keeps the variance free of the cancellation
 /// that the raw sum of squares suffers when the mean is large against the spread.
-fn batch_stats<T: Real>(x: &[T], (b, c, hw): (usize, usize, usize), eps: f64) -> Saved {
+pub(super) fn batch_stats<T: Real>(x: &[T], (b, c, hw): (usize, usize, usize), eps: f64) -> Saved {
     let shift: Vec<f64> = (0..c).map(|ch| x[ch * hw].f64()).collect();
     let partials = plane_partials(x, x, hw, c, |ch| {
         let k = shift[ch];

@@ -293,3 +293,75 @@ fn unsupported_dtypes_take_the_composed_path() {
         0.05,
     );
 }
+
+#[test]
+fn prelu_of_sum_matches_finite_differences_and_the_composition() {
+    for (k, shape) in SHAPES.iter().enumerate() {
+        let seed = 700 + 10 * k as u64;
+        let act = prelu(DType::F64, shape[1], seed);
+        let a = uniform_var(shape, -1.0, 1.0, seed + 1).unwrap();
+        let b = uniform_var(shape, -1.0, 1.0, seed + 2).unwrap();
+        let r = uniform(shape, -1.0, 1.0, seed + 3, DType::F64).unwrap();
+        assert_gradients(
+            &format!("prelu of sum {shape:?}"),
+            &[
+                ("a".into(), a.clone()),
+                ("b".into(), b.clone()),
+                ("alpha".into(), act.alpha().clone()),
+            ],
+            None,
+            &|| project(&act.forward_sum(a.as_tensor(), b.as_tensor())?, &r),
+        );
+        let (yf, gf) = run(&a, &r, &[&b, act.alpha()], &|x| {
+            act.forward_sum(x, b.as_tensor())
+        });
+        let (yc, gc) = run(&a, &r, &[&b, act.alpha()], &|x| {
+            act.forward_composed(&(x + b.as_tensor())?)
+        });
+        assert_close(&format!("y {shape:?}"), &values(&yf), &values(&yc), 1e-12);
+        for (f, c) in gf.iter().zip(&gc) {
+            assert_close(&format!("grads {shape:?}"), &values(f), &values(c), 1e-12);
+        }
+    }
+    // f32: the output and the addends' gradients are the separate add and PReLU's bit for bit.
+    let shape = [3, 4, 9, 11];
+    let act = prelu(DType::F32, 4, 750);
+    let a = Var::from_tensor(&uniform(&shape, -1.0, 1.0, 751, DType::F32).unwrap()).unwrap();
+    let b = Var::from_tensor(&uniform(&shape, -1.0, 1.0, 752, DType::F32).unwrap()).unwrap();
+    let r = uniform(&shape, -1.0, 1.0, 753, DType::F32).unwrap();
+    let (yf, gf) = run(&a, &r, &[&b, act.alpha()], &|x| {
+        act.forward_sum(x, b.as_tensor())
+    });
+    let (yc, gc) = run(&a, &r, &[&b, act.alpha()], &|x| {
+        act.forward(&(x + b.as_tensor())?)
+    });
+    assert_eq!(bits(&yf), bits(&yc));
+    assert_eq!(bits(&gf[0]), bits(&gc[0]));
+    assert_eq!(bits(&gf[1]), bits(&gc[1]));
+    assert_close("dalpha f32", &values(&gf[2]), &values(&gc[2]), 1e-5);
+}
+
+#[test]
+fn prelu_of_sum_is_bit_identical_for_one_two_and_three_threads() {
+    let shape = [2, 3, 130, 131];
+    let on = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let act = prelu(DType::F32, 3, 760);
+                let a = Var::from_tensor(&uniform(&shape, -1.0, 1.0, 761, DType::F32).unwrap())
+                    .unwrap();
+                let b = uniform(&shape, -1.0, 1.0, 762, DType::F32).unwrap();
+                let r = uniform(&shape, -1.0, 1.0, 763, DType::F32).unwrap();
+                let (y, g) = run(&a, &r, &[act.alpha()], &|x| act.forward_sum(x, &b));
+                let mut out = vec![bits(&y)];
+                out.extend(g.iter().map(bits));
+                out
+            })
+    };
+    let one = on(1);
+    assert_eq!(one, on(2), "1 vs 2 threads");
+    assert_eq!(one, on(3), "1 vs 3 threads");
+}

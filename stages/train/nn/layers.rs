@@ -5,9 +5,10 @@
 use candle_core::{bail, DType, Device, Result, Shape, Tensor, Var};
 use rand_chacha::ChaCha20Rng;
 
+use super::bn_prelu::{self, Activation, Statistics};
 pub use super::conv::ConvKernel;
-use super::fused;
 use super::params::{unit_uniform, ParamStore, Role};
+use super::{fused, pool, reframe};
 
 /// Keras' "same" padding (before, after) along one axis of length `n` for kernel `k` and stride `s`. With an even
 /// `n` and stride 2 the padding is asymmetric (0 before, 1 after), unlike the symmetric padding of candle's conv.
@@ -90,10 +91,30 @@ impl Conv2d {
         // output. They are cropped because candle 0.11.1's conv backward derives the transposed conv's output
         // padding from the height alone and fails with a shape mismatch when height and width leave different
         // remainders (e.g. a 1x1 stride-2 conv on 64 x 65).
-        let x = self.crop_unread(x, 2, h, top + bottom)?;
-        let x = self.crop_unread(&x, 3, w, left + right)?;
         // The conv pads symmetrically; whatever Keras pads beyond that on one side is added explicitly.
         let common = top.min(bottom).min(left).min(right);
+        if self.implementation != ConvKernel::CandleStock && fused::supports(x) {
+            // Crop and extra padding as one copy (or none), rather than candle's narrows and concatenations.
+            let rh = self.read_len(h, top + bottom);
+            let rw = self.read_len(w, left + right);
+            let (et, eb, el, er) = (top - common, bottom - common, left - common, right - common);
+            let x = if (rh, rw) == (h, w) && et + eb + el + er == 0 {
+                x.clone()
+            } else {
+                reframe::reframe(
+                    x,
+                    rh + et + eb,
+                    rw + el + er,
+                    -(et as isize),
+                    -(el as isize),
+                )?
+            };
+            return self
+                .implementation
+                .conv2d(&x, self.kernel.as_tensor(), self.stride, common);
+        }
+        let x = self.crop_unread(x, 2, h, top + bottom)?;
+        let x = self.crop_unread(&x, 3, w, left + right)?;
         let x = if (top, bottom, left, right) == (common, common, common, common) {
             x
         } else {
@@ -105,13 +126,31 @@ impl Conv2d {
     }
 
     fn crop_unread(&self, x: &Tensor, dim: usize, n: usize, padding: usize) -> Result<Tensor> {
-        let read = (same_output(n, self.stride) - 1) * self.stride + self.k;
-        if padding == 0 && n > read {
+        let read = self.read_len(n, padding);
+        if read < n {
             x.narrow(dim, 0, read)
         } else {
             Ok(x.clone())
         }
     }
+
+    /// How much of an axis of length `n` with `padding` in total the windows read: all of it, unless there
+    /// is no padding and the last window stops short.
+    fn read_len(&self, n: usize, padding: usize) -> usize {
+        let read = (same_output(n, self.stride) - 1) * self.stride + self.k;
+        if padding == 0 && n > read {
+            read
+        } else {
+            n
+        }
+    }
+}
+
+/// The activation a batch norm feeds in [`BatchNorm::forward_then`].
+#[derive(Clone, Copy)]
+pub enum Then<'a> {
+    Relu,
+    PRelu(&'a PRelu),
 }
 
 /// Keras' batch-norm momentum: running = 0.99 * running + 0.01 * batch.
@@ -188,6 +227,48 @@ impl BatchNorm {
                 BN_EPSILON,
             )
         }
+    }
+
+    /// `x` through this batch norm, then `act`, then a 2 x 2 max pool when `pool`, as one fused op on the CPU
+    /// dtypes it covers (see [`bn_prelu`]) and as the chain of separate layers elsewhere.
+    pub fn forward_then(
+        &self,
+        x: &Tensor,
+        train: bool,
+        act: Then<'_>,
+        pool: bool,
+    ) -> Result<Tensor> {
+        if !fused::supports(x) {
+            let y = self.forward(x, train)?;
+            let y = match act {
+                Then::Relu => y.relu()?,
+                Then::PRelu(p) => p.forward(&y)?,
+            };
+            return if pool { max_pool_2x2(&y) } else { Ok(y) };
+        }
+        let (gamma, beta) = (self.gamma.as_tensor(), self.beta.as_tensor());
+        let (activation, alpha) = match act {
+            Then::Relu => (Activation::Relu, None),
+            Then::PRelu(p) => (Activation::PRelu, Some(p.alpha.as_tensor())),
+        };
+        let (mean, var) = (
+            self.moving_mean.as_detached_tensor(),
+            self.moving_variance.as_detached_tensor(),
+        );
+        let stats = if train {
+            Statistics::Batch
+        } else {
+            Statistics::Running {
+                mean: &mean,
+                var: &var,
+            }
+        };
+        let (y, batch) =
+            bn_prelu::batch_norm_act(x, gamma, beta, alpha, activation, pool, stats, BN_EPSILON)?;
+        if let Some((mean, variance)) = batch {
+            self.update_running(&mean, &variance)?;
+        }
+        Ok(y)
     }
 
     /// Moves the running statistics towards the batch's `mean` and biased `variance` (any shape of c
@@ -283,6 +364,15 @@ impl PRelu {
         }
     }
 
+    /// `prelu(a + b)`, a residual add and its activation, as one op where the fused ops apply.
+    pub fn forward_sum(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if fused::supports(a) {
+            fused::prelu_of_sum(a, b, self.alpha.as_tensor())
+        } else {
+            self.forward_composed(&(a + b)?)
+        }
+    }
+
     /// The same layer built from candle's tensor ops: the fallback off the fused op's CPU dtypes and the
     /// reference it is tested against.
     pub(crate) fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
@@ -355,12 +445,25 @@ impl SqueezeExcite {
         })
     }
 
+    /// The block with the channel scaling as one op (where the fused ops apply).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !fused::supports(x) {
+            return self.forward_composed(x);
+        }
+        pool::scale_channels(x, &self.gates(x)?)
+    }
+
+    /// The block built from candle's tensor ops: the fallback, the stock baseline and the reference.
+    pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, _, _) = x.dims4()?;
+        x.broadcast_mul(&self.gates(x)?.reshape((b, c, 1, 1))?)
+    }
+
+    /// The per-plane gates [batch, c].
+    fn gates(&self, x: &Tensor) -> Result<Tensor> {
         let squeezed = global_avg_pool(x)?;
         let hidden = self.reduce.forward(&squeezed)?.relu()?;
-        let gates = candle_nn::ops::sigmoid(&self.expand.forward(&hidden)?)?;
-        x.broadcast_mul(&gates.reshape((b, c, 1, 1))?)
+        candle_nn::ops::sigmoid(&self.expand.forward(&hidden)?)
     }
 }
 
