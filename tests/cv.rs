@@ -130,6 +130,28 @@ fn grouped_folds_never_share_a_track_and_the_replica_does() {
         .collect();
     let mean = accs.iter().sum::<f64>() / 3.0;
     assert!((grouped["segment_accuracy"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    // The `cv` table, aggregated by polars from `cv_folds`, agrees with `cv.json`.
+    let table = String::from_utf8(p.output_file("cv_summary", "cv", "cv.csv")).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split(',').collect();
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("grouped,"))
+        .unwrap()
+        .split(',')
+        .collect();
+    let at = |name: &str| -> f64 {
+        row[header.iter().position(|h| *h == name).unwrap()]
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(at("folds"), 3.0);
+    for stat in ["mean", "std"] {
+        let json = grouped["segment_accuracy"][stat].as_f64().unwrap();
+        assert!((at(&format!("segment_accuracy_{stat}")) - json).abs() < 1e-12);
+    }
+    let folds = String::from_utf8(p.output_file("cv_summary", "cv", "cv_folds.csv")).unwrap();
+    assert_eq!(folds.lines().count(), 1 + 6, "{folds}");
+    assert!(!p.output_file("cv_summary", "cv", "cv.parquet").is_empty());
     assert!(run.stdout.contains("grouped 3-fold"), "{}", run.all());
     assert!(run.stdout.contains("study_replica 3-fold"), "{}", run.all());
 }

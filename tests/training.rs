@@ -63,8 +63,13 @@ fn the_model_folder_has_the_same_bytes_on_one_and_two_threads() {
         .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     for name in [
+        "confusion.csv",
+        "confusion.parquet",
         "curve.svg",
         "history.csv",
+        "history.parquet",
+        "metrics.csv",
+        "metrics.parquet",
         "model.json",
         "optimizer.safetensors",
         "weights.safetensors",

@@ -1,6 +1,7 @@
-//! Formats shared by several stages: the JSON record tables, the tensor file, and standardised features
-//! read through the scaler's statistics.
+//! Formats shared by several stages: the JSON record tables, the result tables written as Parquet and CSV,
+//! the tensor file, and standardised features read through the scaler's statistics.
 
+pub mod frames;
 pub mod scaled_reader;
 pub mod split_tensors;
 pub mod tables;

@@ -4,12 +4,13 @@
 //! The standard deviation is the population one (ddof 0), as `numpy.std` over scikit-learn's fold scores
 //! gives it, which is how the study reported 0.9044 +/- 0.0068.
 //!
-//! Output `cv/`: `cv.json` ([`CvSummary`]) and `cv.csv` (one row per fold, then a mean and a std row per
-//! mode).
+//! Output `cv/`: `cv.json` ([`CvSummary`]), the `cv_folds` table (one row per fold, modes in the summary's
+//! order, then fold order) and the `cv` table (per mode, the fold count and each score's mean and population
+//! std, aggregated by polars from `cv_folds`), each as `.parquet` and `.csv`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
+use polars::prelude::{Column, DataFrame, DataType};
 use serde::{Deserialize, Serialize};
 
 use genrelab_contract::{
@@ -18,6 +19,7 @@ use genrelab_contract::{
 };
 
 use super::{FoldResult, Mode};
+use crate::common::frames::{frame, polars_error, write_table};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -163,44 +165,91 @@ pub fn summarize(folds: &[(String, FoldResult)]) -> Result<CvSummary, StageError
     })
 }
 
-fn csv(summary: &CvSummary) -> String {
-    let mut out = String::from(
-        "mode,fold,member,best_epoch,held_out_tracks,held_out_tracks_also_trained_on,\
-         segment_accuracy,segment_macro_f1,track_accuracy,track_macro_f1\n",
-    );
-    for m in &summary.modes {
-        for r in &m.folds {
-            let _ = writeln!(
-                out,
-                "{},{},\"{}\",{},{},{},{},{},{},{}",
-                m.mode.name(),
-                r.fold,
-                r.member,
-                r.best_epoch,
-                r.held_out_tracks,
-                r.held_out_tracks_also_trained_on,
-                r.segment_accuracy,
-                r.segment_macro_f1,
-                r.track_accuracy,
-                r.track_macro_f1
-            );
-        }
-        for (label, pick) in [
-            ("mean", (|s: &MeanStd| s.mean) as fn(&MeanStd) -> f64),
-            ("std", |s: &MeanStd| s.std),
-        ] {
-            let _ = writeln!(
-                out,
-                "{},{label},,,,,{},{},{},{}",
-                m.mode.name(),
-                pick(&m.segment_accuracy),
-                pick(&m.segment_macro_f1),
-                pick(&m.track_accuracy),
-                pick(&m.track_macro_f1)
-            );
-        }
+/// The scores every fold row carries and the `cv` table aggregates, in column order.
+pub const SCORES: [&str; 4] = [
+    "segment_accuracy",
+    "segment_macro_f1",
+    "track_accuracy",
+    "track_macro_f1",
+];
+
+/// `cv_folds`: every fold of every mode, modes in the summary's order (grouped first), then fold order.
+pub fn folds_frame(summary: &CvSummary) -> Result<DataFrame, StageError> {
+    let rows: Vec<(&'static str, &FoldRow)> = summary
+        .modes
+        .iter()
+        .flat_map(|m| m.folds.iter().map(move |r| (m.mode.name(), r)))
+        .collect();
+    let counts = |name: &str, get: fn(&FoldRow) -> usize| {
+        Column::new(
+            name.into(),
+            rows.iter()
+                .map(|(_, r)| get(r) as u64)
+                .collect::<Vec<u64>>(),
+        )
+    };
+    let scores: [fn(&FoldRow) -> f64; 4] = [
+        |r| r.segment_accuracy,
+        |r| r.segment_macro_f1,
+        |r| r.track_accuracy,
+        |r| r.track_macro_f1,
+    ];
+    let mut columns = vec![
+        Column::new(
+            "mode".into(),
+            rows.iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+        ),
+        counts("fold", |r| r.fold),
+        Column::new(
+            "member".into(),
+            rows.iter()
+                .map(|(_, r)| r.member.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        counts("best_epoch", |r| r.best_epoch),
+        counts("held_out_tracks", |r| r.held_out_tracks),
+        counts("held_out_tracks_also_trained_on", |r| {
+            r.held_out_tracks_also_trained_on
+        }),
+    ];
+    for (name, get) in SCORES.into_iter().zip(scores) {
+        columns.push(Column::new(
+            name.into(),
+            rows.iter().map(|(_, r)| get(r)).collect::<Vec<f64>>(),
+        ));
     }
-    out
+    frame("cv_folds", columns)
+}
+
+/// `cv`: per mode, in the order the modes first appear in `folds`, the number of folds and each score's
+/// mean and population standard deviation (`<score>_mean`, `<score>_std`), aggregated by polars.
+// The eager group-by aggregations are deprecated in favour of the lazy engine, which is far heavier to
+// compile for four means; they are kept in polars and tested here against [`MeanStd`].
+#[allow(deprecated)]
+pub fn aggregate_frame(folds: &DataFrame) -> Result<DataFrame, StageError> {
+    let err = polars_error("cv");
+    let groups = || folds.group_by_stable(["mode"]).map_err(&err);
+    let counted = groups()?.select(["fold"]).count().map_err(&err)?;
+    let means = groups()?.select(SCORES).mean().map_err(&err)?;
+    let stds = groups()?.select(SCORES).std(0).map_err(&err)?;
+    // Each aggregate frame is the key column, then one column per selected score in selection order.
+    let column = |df: &DataFrame, at: usize, name: String| {
+        df.columns()
+            .get(at)
+            .map(|c| c.clone().with_name(name.into()))
+            .ok_or_else(|| StageError::Invalid(format!("table `cv`: no column {at}")))
+    };
+    let mut columns = vec![
+        column(&means, 0, "mode".into())?,
+        column(&counted, 1, "folds".into())?
+            .cast(&DataType::UInt64)
+            .map_err(&err)?,
+    ];
+    for (i, name) in SCORES.into_iter().enumerate() {
+        columns.push(column(&means, 1 + i, format!("{name}_mean"))?);
+        columns.push(column(&stds, 1 + i, format!("{name}_std"))?);
+    }
+    frame("cv", columns)
 }
 
 fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
@@ -219,8 +268,9 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     let summary = summarize(&folds)?;
     let dir = ctx.output_path("cv")?;
     write_canonical_json(&dir.join("cv.json"), &summary)?;
-    let path = dir.join("cv.csv");
-    std::fs::write(&path, csv(&summary)).map_err(|e| StageError::io(&path, e))?;
+    let mut folds_table = folds_frame(&summary)?;
+    write_table(&dir, "cv", &mut aggregate_frame(&folds_table)?)?;
+    write_table(&dir, "cv_folds", &mut folds_table)?;
 
     let pct = |m: &MeanStd| format!("{:.1}% +/- {:.1}", 100.0 * m.mean, 100.0 * m.std);
     let mut lines: Vec<String> = summary

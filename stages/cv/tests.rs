@@ -7,7 +7,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use super::folds::*;
-use super::summary::{summarize, MeanStd};
+use super::summary::{
+    aggregate_frame, folds_frame, summarize, CvSummary, FoldRow, MeanStd, ModeSummary, SCORES,
+};
 use super::*;
 
 fn corpus(classes: u32, per_class: u32) -> Vec<TrackLabel> {
@@ -210,4 +212,147 @@ fn summary_refuses_a_missing_or_repeated_fold() {
         fold(Mode::Grouped, 2, 0.5),
     ];
     assert!(summarize(&repeated).is_err());
+}
+
+/// A summary of random scores: each mode present or not, 1 to 10 folds, scores anywhere in [0, 1).
+fn random_summary(rng: &mut ChaCha20Rng) -> CvSummary {
+    use rand::Rng;
+    let mut modes = Vec::new();
+    for mode in [Mode::Grouped, Mode::StudyReplica] {
+        if modes.is_empty() && mode == Mode::StudyReplica || rng.random_bool(0.8) {
+            let k = rng.random_range(1..=10);
+            let folds: Vec<FoldRow> = (0..k)
+                .map(|fold| FoldRow {
+                    member: format!("cv[fold={fold},mode={}]", mode.name()),
+                    fold,
+                    best_epoch: rng.random_range(1..50),
+                    held_out_tracks: rng.random_range(1..100),
+                    held_out_tracks_also_trained_on: 0,
+                    segment_accuracy: rng.random(),
+                    segment_macro_f1: rng.random(),
+                    track_accuracy: rng.random(),
+                    track_macro_f1: rng.random(),
+                })
+                .collect();
+            let of = |get: fn(&FoldRow) -> f64| {
+                MeanStd::of(&folds.iter().map(get).collect::<Vec<_>>()).unwrap()
+            };
+            modes.push(ModeSummary {
+                mode,
+                arch: Architecture::Unet,
+                width: 1.0,
+                segment_accuracy: of(|r| r.segment_accuracy),
+                segment_macro_f1: of(|r| r.segment_macro_f1),
+                track_accuracy: of(|r| r.track_accuracy),
+                track_macro_f1: of(|r| r.track_macro_f1),
+                folds,
+            });
+        }
+    }
+    CvSummary {
+        modes,
+        replica_gap_segment_accuracy: None,
+    }
+}
+
+#[test]
+fn the_cv_table_aggregated_by_polars_equals_mean_std() {
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    for _ in 0..200 {
+        let summary = random_summary(&mut rng);
+        let folds = folds_frame(&summary).unwrap();
+        assert_eq!(
+            folds.height(),
+            summary.modes.iter().map(|m| m.folds.len()).sum::<usize>()
+        );
+        let cv = aggregate_frame(&folds).unwrap();
+        assert_eq!(cv.height(), summary.modes.len());
+        let mut expected_columns = vec!["mode".to_string(), "folds".to_string()];
+        for s in SCORES {
+            expected_columns.push(format!("{s}_mean"));
+            expected_columns.push(format!("{s}_std"));
+        }
+        assert_eq!(crate::common::frames::column_names(&cv), expected_columns);
+        let f64_at =
+            |name: &str, row: usize| cv.column(name).unwrap().f64().unwrap().get(row).unwrap();
+        for (row, m) in summary.modes.iter().enumerate() {
+            let mode = cv.column("mode").unwrap().str().unwrap().get(row);
+            assert_eq!(mode, Some(m.mode.name()));
+            let folds = cv.column("folds").unwrap().u64().unwrap().get(row);
+            assert_eq!(folds, Some(m.folds.len() as u64));
+            for (name, want) in SCORES.into_iter().zip([
+                m.segment_accuracy,
+                m.segment_macro_f1,
+                m.track_accuracy,
+                m.track_macro_f1,
+            ]) {
+                let (mean, std) = (
+                    f64_at(&format!("{name}_mean"), row),
+                    f64_at(&format!("{name}_std"), row),
+                );
+                assert!(
+                    (mean - want.mean).abs() < 1e-12,
+                    "{name} mean {mean} vs {}",
+                    want.mean
+                );
+                assert!(
+                    (std - want.std).abs() < 1e-12,
+                    "{name} std {std} vs {}",
+                    want.std
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cv_folds_table_lists_grouped_folds_first_in_fold_order() {
+    let folds: Vec<_> = [
+        fold(Mode::StudyReplica, 1, 0.9),
+        fold(Mode::Grouped, 2, 0.8),
+        fold(Mode::StudyReplica, 0, 0.8),
+        fold(Mode::Grouped, 0, 0.6),
+        fold(Mode::StudyReplica, 2, 0.7),
+        fold(Mode::Grouped, 1, 0.7),
+    ]
+    .into();
+    let summary = summarize(&folds).unwrap();
+    let df = folds_frame(&summary).unwrap();
+    let modes: Vec<&str> = df
+        .column("mode")
+        .unwrap()
+        .str()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            "grouped",
+            "grouped",
+            "grouped",
+            "study_replica",
+            "study_replica",
+            "study_replica"
+        ]
+    );
+    let order: Vec<u64> = df
+        .column("fold")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(order, [0, 1, 2, 0, 1, 2]);
+    let accuracy: Vec<f64> = df
+        .column("segment_accuracy")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(accuracy, [0.6, 0.7, 0.8, 0.8, 0.9, 0.7]);
 }

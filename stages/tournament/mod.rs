@@ -2,10 +2,12 @@
 //! scored on test once, after the choice.
 //!
 //! Inputs: every `model/` folder of the `train` family (many), `features@test` through the `scaler`,
-//! `segments` and `tracks`. Output `tournament/`: `leaderboard.csv` and `leaderboard.json` (every member,
-//! val and test, segment and track level, parameters and multiply-adds), `ablation.csv` (each
-//! architecture's test accuracy with and without SpecAugment, and the difference) and `champion.json`
-//! (the champion's full test evaluation: per-class scores and the confusion matrix).
+//! `segments` and `tracks`. Output `tournament/`: `leaderboard.json` and the `leaderboard` table (every
+//! member in rank order, val and test, segment and track level, parameters and multiply-adds), the
+//! `ablation` table (each architecture's test accuracy with and without SpecAugment, and the difference),
+//! `champion.json` (the champion's full test evaluation: per-class scores and the confusion matrix) and the
+//! same evaluation as the `champion_metrics` and `champion_confusion` tables. Each table is written as
+//! `<name>.parquet` and `<name>.csv`.
 //!
 //! The order is the point: the champion is fixed from the model cards' validation scores before a single
 //! test row is decoded, and the lineage records both the selection (by val) and the one read of test.
@@ -18,6 +20,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
 use genrelab_contract::{
@@ -25,6 +28,7 @@ use genrelab_contract::{
     StageError, StageKind, StageParams, StageReport, TypedStage,
 };
 
+use crate::common::frames::{frame, write_table};
 use crate::common::scaled_reader::ScaledFeatures;
 use crate::common::tables::{SegmentTable, TrackTable};
 use crate::train::data::LoadedSplit;
@@ -200,8 +204,8 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     };
     let dir = ctx.output_path("tournament")?;
     write_canonical_json(&dir.join("leaderboard.json"), &board)?;
-    write_text(&dir.join("leaderboard.csv"), &leaderboard_csv(&board))?;
-    write_text(&dir.join("ablation.csv"), &ablation_csv(&board))?;
+    write_table(&dir, "leaderboard", &mut leaderboard_frame(&board)?)?;
+    write_table(&dir, "ablation", &mut ablation_frame(&board)?)?;
     let test_eval = champion_eval
         .ok_or_else(|| StageError::Invalid("the champion was not evaluated".into()))?;
     let champion_file = Champion {
@@ -210,6 +214,16 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         test: test_eval.clone(),
     };
     write_canonical_json(&dir.join("champion.json"), &champion_file)?;
+    write_table(
+        &dir,
+        "champion_metrics",
+        &mut metrics::metrics_frame("champion_metrics", &test_eval, &tracks.classes)?,
+    )?;
+    write_table(
+        &dir,
+        "champion_confusion",
+        &mut metrics::confusion_frame("champion_confusion", &test_eval, &tracks.classes)?,
+    )?;
 
     let mut summary = vec![format!(
         "champion (chosen on {}): {champion}; test {:.1}% per segment, {:.1}% per track",
@@ -246,40 +260,53 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     Ok(StageReport { lineage, summary })
 }
 
-fn write_text(path: &std::path::Path, text: &str) -> Result<(), StageError> {
-    std::fs::write(path, text).map_err(|e| StageError::io(path, e))
-}
-
 fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
 }
 
-fn leaderboard_csv(board: &Leaderboard) -> String {
-    let mut csv = String::from(
-        "member,arch,width,augment,trainable_parameters,multiply_adds_per_segment,best_epoch,\
-         val_segment_accuracy,val_track_accuracy,test_segment_accuracy,test_segment_macro_f1,\
-         test_track_accuracy,test_track_vote_accuracy\n",
-    );
-    for e in &board.entries {
-        let _ = writeln!(
-            csv,
-            "\"{}\",{},{},{},{},{},{},{},{},{},{},{},{}",
-            e.member,
-            arch_name(e.arch),
-            e.width,
-            e.augment,
-            e.trainable_parameters,
-            e.multiply_adds_per_segment,
-            e.best_epoch,
-            e.val_segment_accuracy,
-            e.val_track_accuracy,
-            e.test_segment_accuracy,
-            e.test_segment_macro_f1,
-            e.test_track_accuracy,
-            e.test_track_vote_accuracy
-        );
-    }
-    csv
+/// Every member in leaderboard order (`rank` 1 first), the champion flagged.
+fn leaderboard_frame(board: &Leaderboard) -> Result<DataFrame, StageError> {
+    let e = &board.entries;
+    let floats = |name: &str, get: fn(&Entry) -> f64| {
+        Column::new(name.into(), e.iter().map(get).collect::<Vec<f64>>())
+    };
+    let counts = |name: &str, get: fn(&Entry) -> u64| {
+        Column::new(name.into(), e.iter().map(get).collect::<Vec<u64>>())
+    };
+    frame(
+        "leaderboard",
+        vec![
+            Column::new("rank".into(), (1..=e.len() as u64).collect::<Vec<u64>>()),
+            Column::new(
+                "member".into(),
+                e.iter().map(|e| e.member.as_str()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "arch".into(),
+                e.iter().map(|e| arch_name(e.arch)).collect::<Vec<_>>(),
+            ),
+            floats("width", |e| e.width),
+            Column::new(
+                "augment".into(),
+                e.iter().map(|e| e.augment).collect::<Vec<bool>>(),
+            ),
+            counts("trainable_parameters", |e| e.trainable_parameters as u64),
+            counts("multiply_adds_per_segment", |e| e.multiply_adds_per_segment),
+            counts("best_epoch", |e| e.best_epoch as u64),
+            floats("val_segment_accuracy", |e| e.val_segment_accuracy),
+            floats("val_track_accuracy", |e| e.val_track_accuracy),
+            floats("test_segment_accuracy", |e| e.test_segment_accuracy),
+            floats("test_segment_macro_f1", |e| e.test_segment_macro_f1),
+            floats("test_track_accuracy", |e| e.test_track_accuracy),
+            floats("test_track_vote_accuracy", |e| e.test_track_vote_accuracy),
+            Column::new(
+                "champion".into(),
+                e.iter()
+                    .map(|e| e.member == board.champion)
+                    .collect::<Vec<bool>>(),
+            ),
+        ],
+    )
 }
 
 fn arch_name(arch: Architecture) -> String {
@@ -305,23 +332,28 @@ fn ablation(board: &Leaderboard) -> BTreeMap<String, (Option<&Entry>, Option<&En
     rows
 }
 
-fn ablation_csv(board: &Leaderboard) -> String {
-    let mut csv = String::from("model,test_segment_without,test_segment_with,difference\n");
-    for (model, (without, with)) in ablation(board) {
-        let acc = |e: Option<&Entry>| e.map(|e| e.test_segment_accuracy);
-        let diff = match (acc(without), acc(with)) {
-            (Some(a), Some(b)) => (b - a).to_string(),
-            _ => String::new(),
-        };
-        let show = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
-        let _ = writeln!(
-            csv,
-            "{model},{},{},{diff}",
-            show(acc(without)),
-            show(acc(with))
+/// One row per architecture and width, sorted by that name; a side that did not run is null.
+fn ablation_frame(board: &Leaderboard) -> Result<DataFrame, StageError> {
+    let (mut model, mut without, mut with, mut difference) = (vec![], vec![], vec![], vec![]);
+    for (name, (a, b)) in ablation(board) {
+        let (a, b) = (
+            a.map(|e| e.test_segment_accuracy),
+            b.map(|e| e.test_segment_accuracy),
         );
+        model.push(name);
+        without.push(a);
+        with.push(b);
+        difference.push(a.zip(b).map(|(a, b)| b - a));
     }
-    csv
+    frame(
+        "ablation",
+        vec![
+            Column::new("model".into(), model),
+            Column::new("test_segment_without".into(), without),
+            Column::new("test_segment_with".into(), with),
+            Column::new("difference".into(), difference),
+        ],
+    )
 }
 
 /// The leaderboard and the ablation as aligned lines for `run` to print.

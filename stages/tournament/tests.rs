@@ -83,8 +83,9 @@ fn the_ablation_pairs_runs_without_and_with_augmentation() {
             entry(Architecture::Unet, false, 0.625),
         ],
     };
+    let csv = crate::common::frames::csv_bytes(&mut ablation_frame(&board).unwrap()).unwrap();
     assert_eq!(
-        ablation_csv(&board),
+        String::from_utf8(csv).unwrap(),
         "model,test_segment_without,test_segment_with,difference\n\
          efficient_vgg x0.25,0.5,,\n\
          unet x0.25,0.625,0.75,0.125\n"
@@ -108,4 +109,42 @@ fn confusion_lines_put_each_actual_class_on_its_own_row() {
     assert!(lines[2].starts_with("classi"));
     assert_eq!(cells(&lines[2]), "5,1");
     assert_eq!(cells(&lines[3]), "0,7");
+}
+
+#[test]
+fn the_leaderboard_table_ranks_every_member_and_flags_the_champion() {
+    use polars::prelude::AnyValue;
+    let board = Leaderboard {
+        champion: entry(Architecture::EfficientVgg, false, 0.5).member,
+        entries: vec![
+            entry(Architecture::Unet, true, 0.75),
+            entry(Architecture::EfficientVgg, false, 0.5),
+        ],
+    };
+    let df = leaderboard_frame(&board).unwrap();
+    assert_eq!(df.shape(), (2, 15));
+    let names = crate::common::frames::column_names(&df);
+    assert_eq!(names[..3], ["rank", "member", "arch"]);
+    assert_eq!(names[14], "champion");
+    let rank = df.column("rank").unwrap().u64().unwrap();
+    assert_eq!(rank.into_iter().flatten().collect::<Vec<_>>(), [1, 2]);
+    let champion = df.column("champion").unwrap().bool().unwrap();
+    assert_eq!(
+        champion.into_iter().flatten().collect::<Vec<_>>(),
+        [false, true]
+    );
+    let row = df.get_row(0).unwrap().0;
+    assert_eq!(row[1], AnyValue::String(&board.entries[0].member));
+    assert_eq!(row[2], AnyValue::String("unet"));
+    assert_eq!(row[3], AnyValue::Float64(0.25));
+    assert_eq!(row[4], AnyValue::Boolean(true));
+    assert_eq!(row[10], AnyValue::Float64(0.75));
+    // The JSON leaderboard and the table agree on every member's test accuracy.
+    let test = df.column("test_segment_accuracy").unwrap().f64().unwrap();
+    let from_json: Vec<f64> = board
+        .entries
+        .iter()
+        .map(|e| e.test_segment_accuracy)
+        .collect();
+    assert_eq!(test.into_iter().flatten().collect::<Vec<_>>(), from_json);
 }

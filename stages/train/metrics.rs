@@ -9,7 +9,12 @@
 
 use std::collections::BTreeMap;
 
+use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
+
+use genrelab_contract::StageError;
+
+use crate::common::frames::frame;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -240,6 +245,102 @@ pub fn evaluate(
         track_mean: scores(&per_track.labels, &per_track.by_mean, classes)?,
         track_vote: scores(&per_track.labels, &per_track.by_vote, classes)?,
     })
+}
+
+impl Evaluation {
+    /// The three levels in their table order, each with its name.
+    pub fn levels(&self) -> [(&'static str, &Scores); 3] {
+        [
+            ("segment", &self.segment),
+            ("track_mean", &self.track_mean),
+            ("track_vote", &self.track_vote),
+        ]
+    }
+}
+
+/// An evaluation as a long table `level, class, metric, value`: per level, first the rows over all classes
+/// (`accuracy`, `macro_f1`, `class` null), then each class in class-index order with its `precision`,
+/// `recall`, `f1` and `support`. Levels in the order of [`Evaluation::levels`].
+pub fn metrics_frame(
+    table: &str,
+    eval: &Evaluation,
+    classes: &[String],
+) -> Result<DataFrame, StageError> {
+    let (mut level, mut class, mut metric, mut value) = (vec![], vec![], vec![], vec![]);
+    for (name, scores) in eval.levels() {
+        check_classes(table, scores, classes)?;
+        let mut push = |c: Option<&str>, m: &'static str, v: f64| {
+            level.push(name);
+            class.push(c.map(str::to_string));
+            metric.push(m);
+            value.push(v);
+        };
+        push(None, "accuracy", scores.accuracy);
+        push(None, "macro_f1", scores.macro_f1);
+        for (c, s) in classes.iter().zip(&scores.per_class) {
+            push(Some(c.as_str()), "precision", s.precision);
+            push(Some(c.as_str()), "recall", s.recall);
+            push(Some(c.as_str()), "f1", s.f1);
+            push(Some(c.as_str()), "support", s.support as f64);
+        }
+    }
+    frame(
+        table,
+        vec![
+            Column::new("level".into(), level),
+            Column::new("class".into(), class),
+            Column::new("metric".into(), metric),
+            Column::new("value".into(), value),
+        ],
+    )
+}
+
+/// Every cell of each level's confusion matrix (zeros too) as `level, actual, predicted, count`, by level,
+/// then actual class index, then predicted class index.
+pub fn confusion_frame(
+    table: &str,
+    eval: &Evaluation,
+    classes: &[String],
+) -> Result<DataFrame, StageError> {
+    let (mut level, mut actual, mut predicted, mut count) = (vec![], vec![], vec![], vec![]);
+    for (name, scores) in eval.levels() {
+        check_classes(table, scores, classes)?;
+        for (a, row) in classes.iter().zip(&scores.confusion) {
+            for (p, &n) in classes.iter().zip(row) {
+                level.push(name);
+                actual.push(a.as_str());
+                predicted.push(p.as_str());
+                count.push(n);
+            }
+        }
+    }
+    frame(
+        table,
+        vec![
+            Column::new("level".into(), level),
+            Column::new("actual".into(), actual),
+            Column::new("predicted".into(), predicted),
+            Column::new("count".into(), count),
+        ],
+    )
+}
+
+/// Scores and class names must agree, or the table would silently drop or misname classes.
+fn check_classes(table: &str, scores: &Scores, classes: &[String]) -> Result<(), StageError> {
+    if scores.per_class.len() != classes.len()
+        || scores.confusion.len() != classes.len()
+        || scores
+            .confusion
+            .iter()
+            .any(|row| row.len() != classes.len())
+    {
+        return Err(StageError::Invalid(format!(
+            "table `{table}`: scores for {} classes but {} class names",
+            scores.per_class.len(),
+            classes.len()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

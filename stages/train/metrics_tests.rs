@@ -135,3 +135,90 @@ fn empty_input_scores_zero_and_serialises_in_field_order() {
         )
     );
 }
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|c| format!("class{c}")).collect()
+}
+
+#[test]
+fn the_metrics_table_holds_every_score_in_level_then_class_order() {
+    use polars::prelude::AnyValue;
+    let (probs, labels, tracks) = tracks_case();
+    let e = evaluate(&probs, 3, &labels, &tracks).unwrap();
+    let classes = names(3);
+    let df = metrics_frame("metrics", &e, &classes).unwrap();
+    assert_eq!(
+        crate::common::frames::column_names(&df),
+        ["level", "class", "metric", "value"]
+    );
+    // Per level: accuracy, macro F1, then four rows per class.
+    assert_eq!(df.height(), 3 * (2 + 4 * 3));
+    let mut row = 0;
+    for (level, scores) in e.levels() {
+        let mut expect = vec![
+            (None, "accuracy", scores.accuracy),
+            (None, "macro_f1", scores.macro_f1),
+        ];
+        for (c, s) in classes.iter().zip(&scores.per_class) {
+            expect.push((Some(c.as_str()), "precision", s.precision));
+            expect.push((Some(c.as_str()), "recall", s.recall));
+            expect.push((Some(c.as_str()), "f1", s.f1));
+            expect.push((Some(c.as_str()), "support", s.support as f64));
+        }
+        for (class, metric, value) in expect {
+            let got = df.get_row(row).unwrap().0;
+            assert_eq!(got[0], AnyValue::String(level), "row {row}");
+            match class {
+                Some(c) => assert_eq!(got[1], AnyValue::String(c), "row {row}"),
+                None => assert_eq!(got[1], AnyValue::Null, "row {row}"),
+            }
+            assert_eq!(got[2], AnyValue::String(metric), "row {row}");
+            assert_eq!(got[3], AnyValue::Float64(value), "row {row}");
+            row += 1;
+        }
+    }
+}
+
+#[test]
+fn the_confusion_table_is_every_cell_by_level_actual_predicted() {
+    use polars::prelude::AnyValue;
+    let (probs, labels, tracks) = tracks_case();
+    let e = evaluate(&probs, 3, &labels, &tracks).unwrap();
+    let classes = names(3);
+    let df = confusion_frame("confusion", &e, &classes).unwrap();
+    assert_eq!(
+        crate::common::frames::column_names(&df),
+        ["level", "actual", "predicted", "count"]
+    );
+    assert_eq!(df.height(), 3 * 9);
+    for (l, (level, scores)) in e.levels().into_iter().enumerate() {
+        for (a, (actual, cells)) in classes.iter().zip(&scores.confusion).enumerate() {
+            for (p, (predicted, &n)) in classes.iter().zip(cells).enumerate() {
+                let got = df.get_row(l * 9 + a * 3 + p).unwrap().0;
+                assert_eq!(got[0], AnyValue::String(level));
+                assert_eq!(got[1], AnyValue::String(actual));
+                assert_eq!(got[2], AnyValue::String(predicted));
+                assert_eq!(got[3], AnyValue::UInt64(n));
+            }
+        }
+    }
+    let total: u64 = df
+        .column("count")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .sum();
+    assert_eq!(total, e.levels().iter().map(|(_, s)| s.count).sum::<u64>());
+}
+
+#[test]
+fn score_tables_refuse_class_names_that_do_not_match_the_scores() {
+    let (probs, labels, tracks) = tracks_case();
+    let e = evaluate(&probs, 3, &labels, &tracks).unwrap();
+    for classes in [names(2), names(4)] {
+        assert!(metrics_frame("metrics", &e, &classes).is_err());
+        assert!(confusion_frame("confusion", &e, &classes).is_err());
+    }
+}

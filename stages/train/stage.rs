@@ -3,9 +3,11 @@
 //! Inputs: `features@train` and `features@val` (never test: the kind does not declare it, so the engine
 //! never hands it over), the `scaler` statistics they are read through, `segments` and `tracks` (class
 //! names). Output `model/`: `weights.safetensors` (the best epoch's weights and batch-norm statistics),
-//! `optimizer.safetensors` (Adam's state after the last epoch), `history.csv` (one row per epoch),
-//! `curve.svg` (that history drawn, the best epoch marked), and `model.json` (the spec, parameter and
-//! multiply-add counts, the settings, the best epoch and the validation scores at segment and track level).
+//! `optimizer.safetensors` (Adam's state after the last epoch), `history.parquet`/`.csv` (one row per
+//! epoch), `curve.svg` (that history drawn, the best epoch marked), `model.json` (the spec, parameter and
+//! multiply-add counts, the settings, the best epoch and the validation scores at segment and track level),
+//! and the same validation scores as tables: `metrics.parquet`/`.csv` (accuracy and macro F1, then
+//! per-class precision, recall, F1 and support, per level) and `confusion.parquet`/`.csv`.
 //!
 //! Invariants: initialisation, shuffling, SpecAugment and dropout are drawn from ChaCha streams derived from
 //! the stage key, and every reduction's order is fixed, so the folder's bytes do not depend on the thread
@@ -13,9 +15,9 @@
 //! of an uninterrupted one.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
+use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
 use genrelab_contract::{
@@ -29,6 +31,7 @@ use super::fit::{self, EpochProgress, FitHooks, FitNote, FitSettings};
 use super::metrics::{self, Evaluation};
 use super::models::{self, Architecture, ModelSpec};
 use crate::charts::{self, EpochScores};
+use crate::common::frames::{frame, write_table};
 use crate::common::scaled_reader::ScaledFeatures;
 use crate::common::tables::{SegmentTable, TrackTable};
 
@@ -236,7 +239,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     fit::save_state(model.as_ref(), &dir.join("weights.safetensors"))
         .map_err(candle_error("saving weights"))?;
     copy_optimizer_state(checkpoint, &dir.join("optimizer.safetensors"))?;
-    write_history(&dir.join("history.csv"), &outcome.history)?;
+    write_table(&dir, "history", &mut history_frame(&outcome.history)?)?;
     write_curve(
         &dir.join("curve.svg"),
         &model_title(params),
@@ -260,6 +263,16 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         val: val_scores,
     };
     write_canonical_json(&dir.join("model.json"), &card)?;
+    write_table(
+        &dir,
+        "metrics",
+        &mut metrics::metrics_frame("metrics", &card.val, &card.classes)?,
+    )?;
+    write_table(
+        &dir,
+        "confusion",
+        &mut metrics::confusion_frame("confusion", &card.val, &card.classes)?,
+    )?;
 
     let summary = format!(
         "{:?} width {} ({} parameters){}: best epoch {} of {}, val {:.1}% per segment, {:.1}% per track",
@@ -313,25 +326,26 @@ fn copy_optimizer_state(checkpoint: &Path, to: &Path) -> Result<(), StageError> 
     Ok(())
 }
 
-/// One row per epoch; floats in their shortest round-trip form, so equal histories are equal bytes.
-fn write_history(path: &Path, history: &[fit::EpochRecord]) -> Result<(), StageError> {
-    let mut csv = String::from(
-        "epoch,learning_rate,train_loss,train_accuracy,val_loss,val_accuracy,val_track_accuracy\n",
-    );
-    for r in history {
-        let _ = writeln!(
-            csv,
-            "{},{},{},{},{},{},{}",
-            r.epoch,
-            r.learning_rate,
-            r.train_loss,
-            r.train_accuracy,
-            r.val_loss,
-            r.val_accuracy,
-            r.val_track_accuracy
-        );
-    }
-    std::fs::write(path, csv).map_err(|e| StageError::io(path, e))
+/// One row per epoch, in epoch order.
+pub fn history_frame(history: &[fit::EpochRecord]) -> Result<DataFrame, StageError> {
+    let col = |name: &str, get: fn(&fit::EpochRecord) -> f64| {
+        Column::new(name.into(), history.iter().map(get).collect::<Vec<f64>>())
+    };
+    frame(
+        "history",
+        vec![
+            Column::new(
+                "epoch".into(),
+                history.iter().map(|r| r.epoch as u64).collect::<Vec<u64>>(),
+            ),
+            col("learning_rate", |r| r.learning_rate),
+            col("train_loss", |r| r.train_loss),
+            col("train_accuracy", |r| r.train_accuracy),
+            col("val_loss", |r| r.val_loss),
+            col("val_accuracy", |r| r.val_accuracy),
+            col("val_track_accuracy", |r| r.val_track_accuracy),
+        ],
+    )
 }
 
 /// The network as the summary names it; from the params alone, since the stage's name in a pipeline does
@@ -390,3 +404,7 @@ pub fn kind() -> Box<dyn StageKind> {
         run,
     })
 }
+
+#[cfg(test)]
+#[path = "stage_tests.rs"]
+mod tests;

@@ -10,15 +10,15 @@
 //! The second corpus runs through its own ingest -> split -> slice -> features -> scaler chain (the same kinds,
 //! another dataset), so its splits are grouped by track as the first corpus's are. Inputs: every `model/`
 //! folder and `tournament/` from the first corpus; `features@train/val/test`, `scaler`, `segments`, `tracks`
-//! from the second. Output `transfer/`: `transfer.json` ([`TransferResult`]) and `transfer.csv`.
+//! from the second. Output `transfer/`: `transfer.json` ([`TransferResult`]) and the `transfer` table (one
+//! row per method in the order above, test scores at segment and track level) as `.parquet` and `.csv`.
 
 pub mod probe;
 #[cfg(test)]
 mod tests;
 
-use std::fmt::Write as _;
-
 use candle_core::{DType, Tensor};
+use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
 use genrelab_contract::{
@@ -26,6 +26,7 @@ use genrelab_contract::{
     Record, Split, StageContext, StageError, StageKind, StageParams, StageReport, TypedStage,
 };
 
+use crate::common::frames::{frame, write_table};
 use crate::common::scaled_reader::ScaledFeatures;
 use crate::common::tables::{SegmentTable, TrackTable};
 use crate::tournament::Champion;
@@ -300,8 +301,7 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     };
     let dir = ctx.output_path("transfer")?;
     write_canonical_json(&dir.join("transfer.json"), &result)?;
-    let path = dir.join("transfer.csv");
-    std::fs::write(&path, csv(&result)).map_err(|e| StageError::io(&path, e))?;
+    write_table(&dir, "transfer", &mut results_frame(&result)?)?;
 
     let mut summary = vec![format!(
         "transfer of {} to {} classes ({} train, {} test segments):",
@@ -346,23 +346,39 @@ fn run(params: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     Ok(StageReport { lineage, summary })
 }
 
-fn csv(result: &TransferResult) -> String {
-    let mut out = String::from(
-        "source,method,best_epoch,test_segment_accuracy,test_segment_macro_f1,test_track_accuracy\n",
-    );
-    for m in &result.methods {
-        let _ = writeln!(
-            out,
-            "\"{}\",{},{},{},{},{}",
-            result.source,
-            m.method,
-            m.best_epoch.map(|e| e.to_string()).unwrap_or_default(),
-            m.test.segment.accuracy,
-            m.test.segment.macro_f1,
-            m.test.track_mean.accuracy
-        );
-    }
-    out
+/// `transfer`: one row per method, in the order they ran; `best_epoch` is null for the frozen methods.
+pub fn results_frame(result: &TransferResult) -> Result<DataFrame, StageError> {
+    let m = &result.methods;
+    let floats = |name: &str, get: fn(&Evaluation) -> f64| {
+        Column::new(
+            name.into(),
+            m.iter().map(|m| get(&m.test)).collect::<Vec<f64>>(),
+        )
+    };
+    frame(
+        "transfer",
+        vec![
+            Column::new(
+                "source".into(),
+                m.iter().map(|_| result.source.as_str()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "method".into(),
+                m.iter().map(|m| m.method.as_str()).collect::<Vec<_>>(),
+            ),
+            Column::new(
+                "best_epoch".into(),
+                m.iter()
+                    .map(|m| m.best_epoch.map(|e| e as u64))
+                    .collect::<Vec<_>>(),
+            ),
+            floats("test_segment_accuracy", |e| e.segment.accuracy),
+            floats("test_segment_macro_f1", |e| e.segment.macro_f1),
+            floats("test_track_accuracy", |e| e.track_mean.accuracy),
+            floats("test_track_macro_f1", |e| e.track_mean.macro_f1),
+            floats("test_track_vote_accuracy", |e| e.track_vote.accuracy),
+        ],
+    )
 }
 
 const NEEDS: &[Need] = &[

@@ -137,3 +137,90 @@ fn every_network_embeds_what_its_head_reads() {
         assert_eq!(e.dims(), &[3, head.dims()[0]], "{arch:?}");
     }
 }
+
+#[test]
+fn the_results_table_has_one_row_per_method_in_run_order() {
+    let labels = [0u32, 1, 0, 1];
+    let tracks = [0u32, 1, 2, 3];
+    let eval = |right: usize| {
+        let probs: Vec<f32> = labels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| {
+                if (i < right) == (l == 0) {
+                    [0.8, 0.2]
+                } else {
+                    [0.2, 0.8]
+                }
+            })
+            .collect();
+        metrics::evaluate(&probs, 2, &labels, &tracks).unwrap()
+    };
+    let methods = vec![
+        MethodScore {
+            method: "linear_probe".into(),
+            best_epoch: None,
+            test: eval(1),
+        },
+        MethodScore {
+            method: "fine_tune".into(),
+            best_epoch: Some(7),
+            test: eval(4),
+        },
+    ];
+    let result = TransferResult {
+        source: "train[arch=unet]".into(),
+        source_spec: ModelSpec::study(Architecture::Unet),
+        classes: vec!["a".into(), "b".into()],
+        train_segments: 4,
+        test_segments: 4,
+        embedding_dim: 8,
+        methods,
+    };
+    let df = results_frame(&result).unwrap();
+    assert_eq!(
+        crate::common::frames::column_names(&df),
+        [
+            "source",
+            "method",
+            "best_epoch",
+            "test_segment_accuracy",
+            "test_segment_macro_f1",
+            "test_track_accuracy",
+            "test_track_macro_f1",
+            "test_track_vote_accuracy"
+        ]
+    );
+    let method: Vec<&str> = df
+        .column("method")
+        .unwrap()
+        .str()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(method, ["linear_probe", "fine_tune"]);
+    let epochs: Vec<Option<u64>> = df
+        .column("best_epoch")
+        .unwrap()
+        .u64()
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(epochs, [None, Some(7)]);
+    let accuracy: Vec<f64> = df
+        .column("test_segment_accuracy")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    let want: Vec<f64> = result
+        .methods
+        .iter()
+        .map(|m| m.test.segment.accuracy)
+        .collect();
+    assert_eq!(accuracy, want);
+    assert_ne!(want[0], want[1]);
+}
