@@ -10,6 +10,7 @@
 //! | canonical params              | yes | typed, defaults filled, sorted keys: YAML comments, order, spacing never matter |
 //! | input digests                 | yes | as (input stage, artifact name, digest) in declared order, never as a set |
 //! | files named by params         | yes | (param path, digest of the bytes), e.g. split's `lists:`; left out when a stage names none, so such stages keep their keys |
+//! | input manifests (ancestry)    | only for kinds that read their ancestry (`audit`) | lineage records are in manifests, not in output digests: [`key_with_ancestry`] |
 //! | stage name                    | no  | renaming a stage must not re-run it; two identical stages share one result |
 //! | absolute paths, mtimes, host, thread count, clock | no | results must not depend on them (tests prove it) |
 //!
@@ -116,6 +117,15 @@ pub fn seed_material(
     *hasher.finalize().as_bytes()
 }
 
+/// The key of a stage that reads its ancestry (see `StageKind::wants_ancestry`): its ordinary key and the
+/// manifest digest of each input run, as (input stage, manifest) in declared order. A manifest names its own
+/// inputs' manifests, so these digests cover every ancestor's lineage records, which no output digest does.
+pub fn key_with_ancestry(key: &str, manifests: &[(String, Digest)]) -> Digest {
+    let mut hasher = blake3::Hasher::new_derive_key("genrelab stage key with ancestry");
+    hasher.update(&canonical_json(&(key, manifests)));
+    hasher.finalize().to_hex().to_string()
+}
+
 pub fn params_digest(params: &serde_json::Value) -> Digest {
     digest_bytes(&canonical_json(params))
 }
@@ -210,6 +220,21 @@ mod tests {
         assert_ne!(with(&a).key(), with(&none).key());
         assert_ne!(with(&a).key(), with(&b).key());
         assert_ne!(with(&a).seed_material(), with(&b).seed_material());
+    }
+
+    #[test]
+    fn an_ancestry_key_moves_with_any_input_manifest() {
+        let manifests = |m: &str| {
+            vec![
+                ("a".to_string(), "m1".to_string()),
+                ("b".to_string(), m.to_string()),
+            ]
+        };
+        let base = key_with_ancestry("k", &manifests("m2"));
+        assert_eq!(base, key_with_ancestry("k", &manifests("m2")));
+        assert_ne!(base, key_with_ancestry("k", &manifests("m3")));
+        assert_ne!(base, key_with_ancestry("k2", &manifests("m2")));
+        assert_ne!(base, "k");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! engine. `registry()` is the only place the engine learns which kinds exist.
 
 pub mod audio;
+pub mod audit;
 pub mod baseline;
 pub mod charts;
 pub mod common;
@@ -36,6 +37,7 @@ pub fn registry() -> Vec<Box<dyn StageKind>> {
         cv::kind(),
         cv::summary::kind(),
         transfer::kind(),
+        audit::kind(),
         report::kind(),
     ];
     #[cfg(feature = "toy-stages")]

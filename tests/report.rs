@@ -30,9 +30,12 @@ const STAGES: &str = "
   - name: cv_summary
     kind: cv_summary
     inputs: [cv]
+  - name: audit
+    kind: audit
+    inputs: [tournament, cv_summary]
   - name: report
     kind: report
-    inputs: [train, tournament, cv_summary, split, ingest, slice]
+    inputs: [train, tournament, cv_summary, split, ingest, slice, audit]
 ";
 
 /// The rows of the Markdown table that follows `## heading`, as cells.
@@ -90,6 +93,58 @@ fn the_report_reads_back_to_its_artifacts_and_renders_with_every_image() {
         let m = &mode["segment_accuracy"];
         assert_eq!(mean[5], format!("{} ± {}", pct(&m["mean"]), pct(&m["std"])));
     }
+    // The audit's line and section are its artifact's, parsed back.
+    let audit_digest = p.lock_field("audit", &["outputs", "audit"]).unwrap();
+    let audit: serde_json::Value = serde_json::from_slice(&p.object(&audit_digest)).unwrap();
+    let checks = audit["checks"].as_array().unwrap();
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("Leakage audit: "))
+        .unwrap_or_else(|| panic!("no audit line in:\n{md}"));
+    let failing: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["holds"] == false)
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    let verdict = if failing.is_empty() {
+        format!("all {} invariants hold.", checks.len())
+    } else {
+        format!(
+            "{} of {} invariants fail: {}.",
+            failing.len(),
+            checks.len(),
+            failing.join(", ")
+        )
+    };
+    let replicas: Vec<&str> = audit["replica_stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let mut expected = format!("Leakage audit: {verdict}");
+    if !replicas.is_empty() {
+        expected.push_str(&format!(
+            " Leaky on purpose, listed and not counted: {}.",
+            replicas.join(", ")
+        ));
+    }
+    assert_eq!(line, expected);
+    assert_eq!(audit["holds"], true, "{audit}");
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    assert!(html.contains(&format!("<p>{}</p>", expected.replace("'", "&#39;"))));
+    let rows = markdown_table(&md, "Leakage audit");
+    assert_eq!(rows.len(), checks.len());
+    for (row, c) in rows.iter().zip(checks) {
+        assert_eq!(row[0], c["title"].as_str().unwrap());
+        assert_eq!(row[1], if c["holds"] == true { "holds" } else { "FAILS" });
+        assert_eq!(row[2], c["checked"].to_string());
+    }
+    assert!(
+        md.contains(&format!("`audit`, digest {}", &audit_digest[..12])),
+        "{md}"
+    );
+
     // Every digest the report cites is the start of an output digest in the lock.
     let lock = p.lock();
     let cited: Vec<&str> = md

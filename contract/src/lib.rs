@@ -13,9 +13,11 @@
 //! - Only declared outputs are written, each as one file at `ctx.output_path(name)`.
 //! - Randomness comes from `ctx.rng(stream)` only.
 
+mod ancestry;
 mod lineage;
 mod split;
 
+pub use ancestry::{Ancestor, AncestorInput, Ancestry, ArtifactSource, HandedSplit};
 pub use lineage::{ids_digest, Lineage, PartRole, Record};
 pub use split::{split_of, Split, UnknownSplit, SPLIT_SEPARATOR};
 
@@ -432,6 +434,7 @@ pub struct StageContext {
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     events: Option<ProgressSink>,
     progress: indicatif::MultiProgress,
+    ancestry: Option<Ancestry>,
 }
 
 impl StageContext {
@@ -465,7 +468,24 @@ impl StageContext {
             progress: indicatif::MultiProgress::with_draw_target(
                 indicatif::ProgressDrawTarget::hidden(),
             ),
+            ancestry: None,
         }
+    }
+
+    /// Every stage upstream of this one, for a kind that [`StageKind::wants_ancestry`].
+    pub fn with_ancestry(mut self, ancestry: Ancestry) -> Self {
+        self.ancestry = Some(ancestry);
+        self
+    }
+
+    /// The ancestry the engine built for this stage (only for kinds that ask for it).
+    pub fn ancestry(&self) -> Result<&Ancestry, StageError> {
+        self.ancestry.as_ref().ok_or_else(|| {
+            StageError::Invalid(format!(
+                "stage `{}` was given no ancestry (its kind must ask for it)",
+                self.stage_name
+            ))
+        })
     }
 
     pub fn with_progress(mut self, progress: indicatif::MultiProgress) -> Self {
@@ -684,6 +704,12 @@ pub trait StageKind: Send + Sync {
     /// How equal a re-run's outputs must be to a stored result's; see [`Determinism`].
     fn determinism(&self) -> Determinism {
         Determinism::Exact
+    }
+    /// Whether the engine hands the stage its [`Ancestry`] (every upstream run's manifest and lineage). The
+    /// stage's key then covers its ancestors' manifests, which its input digests alone do not: a lineage
+    /// record can change while every output byte stays the same.
+    fn wants_ancestry(&self) -> bool {
+        false
     }
     /// Files named by the (canonical) params that the stage reads; see [`ParamFile`].
     fn param_files(&self, _params: &serde_json::Value) -> Vec<ParamFile> {

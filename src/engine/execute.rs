@@ -230,6 +230,26 @@ pub(super) fn execute(
         Some(sink) => ctx.with_events(sink.clone()),
         None => ctx,
     };
+    let ctx = if node.kind.wants_ancestry() {
+        // The runs this stage's key names (plan_stage folds in these same manifests).
+        let roots = node
+            .inputs
+            .iter()
+            .filter(|i| !is_dataset_input(i))
+            .map(|i| {
+                upstream
+                    .get(i)
+                    .map(|r| (i.clone(), r.manifest.clone()))
+                    .ok_or_else(|| {
+                        format!("input `{i}` has no finished run to read the ancestry of")
+                    })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let ancestry = super::ancestry::build(project, roots).map_err(|e| e.to_string())?;
+        ctx.with_ancestry(ancestry)
+    } else {
+        ctx
+    };
 
     let started = Instant::now();
     tracing::info!(stage = %node.name, key = %short(&planned.key), "running");

@@ -8,9 +8,11 @@
 //! - [`plan`]: keys, stale reasons, files named by params; `status` is planning alone.
 //! - [`schedule`]: `run`'s loop: cached stages settle at once, stale ones launch up to `-j`, failures and
 //!   Ctrl-C reach descendants only.
+//! - [`ancestry`]: every upstream run's manifest, for kinds that read how results were made (`audit`).
 //! - [`execute`]: one stage under its key's lock, from verified inputs to the published action record.
 //! - here: the project (its store, lock file and project lock) and the engine's errors.
 
+pub mod ancestry;
 mod execute;
 mod plan;
 mod schedule;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigErrors, Pipeline};
+use crate::config::{is_dataset_input, ConfigErrors, Pipeline};
 use crate::dag::Dag;
 use crate::hashing::{self, Digest, KeyInput, StageKeyInputs, ENGINE_VERSION};
 use crate::lock::LockFile;
@@ -150,6 +150,7 @@ pub(super) fn plan_stage(
     dag: &Dag,
     idx: usize,
     upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+    manifests: &BTreeMap<String, Digest>,
     files: &[ResolvedFile],
 ) -> Option<Planned> {
     let node = &dag.nodes[idx];
@@ -178,8 +179,19 @@ pub(super) fn plan_stage(
         inputs: &inputs,
         files: &files,
     };
+    // A kind that reads its ancestry computes on lineage records, which no output digest covers: its key
+    // names the manifests of its inputs, and through them (each names its own inputs') every ancestor's.
+    let key = if node.kind.wants_ancestry() {
+        let mut upstream_manifests = Vec::new();
+        for input in node.inputs.iter().filter(|i| !is_dataset_input(i)) {
+            upstream_manifests.push((input.clone(), manifests.get(input)?.clone()));
+        }
+        hashing::key_with_ancestry(&key_inputs.key(), &upstream_manifests)
+    } else {
+        key_inputs.key()
+    };
     Some(Planned {
-        key: key_inputs.key(),
+        key,
         seed: key_inputs.seed_material(),
         code,
         inputs,
@@ -273,13 +285,14 @@ pub fn status(
     let lock = LockFile::load(&project.lock_path)?;
     let files = resolve_param_files(project, pipeline, dag)?;
     let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
+    let mut manifests: BTreeMap<String, Digest> = BTreeMap::new();
     for (input, hashed) in project.hash_datasets(pipeline, dag.dataset_inputs())? {
         upstream.insert(input, dataset_outputs(&hashed.view));
     }
     let mut out = Vec::new();
     for &idx in &dag.order {
         let node = &dag.nodes[idx];
-        let Some(planned) = plan_stage(dag, idx, &upstream, &files[idx]) else {
+        let Some(planned) = plan_stage(dag, idx, &upstream, &manifests, &files[idx]) else {
             let stale_input = node
                 .inputs
                 .iter()
@@ -319,6 +332,7 @@ pub fn status(
             .map(|m| m.summary)
             .unwrap_or_default();
         if let Some(record) = record {
+            manifests.insert(node.name.clone(), record.manifest);
             upstream.insert(node.name.clone(), record.outputs);
         }
         out.push(StageStatus {

@@ -236,7 +236,15 @@ pub fn run(
                     for (input, hashed) in &datasets {
                         upstream.insert(input.clone(), dataset_outputs(&hashed.view));
                     }
-                    let Some(planned) = plan_stage(dag, idx, &upstream, &files[idx]) else {
+                    let manifests: BTreeMap<String, Digest> = deps
+                        .iter()
+                        .filter_map(|&d| match &slots[d] {
+                            Slot::Done(r) => Some((dag.nodes[d].name.clone(), r.manifest.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    let Some(planned) = plan_stage(dag, idx, &upstream, &manifests, &files[idx])
+                    else {
                         continue;
                     };
                     let forced = forced_stages.contains(&idx);

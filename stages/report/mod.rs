@@ -2,8 +2,9 @@
 //! summary, every number read from an artifact and shown beside the digest of the artifact it came from.
 //!
 //! Inputs: every `model/` folder (training curves), `tournament/` (leaderboard, ablation, the champion's test
-//! evaluation), `cv/` (both cross-validations), any `transfer/` results, and `split`, `tracks`, `quarantine`,
-//! `segments` (the data summary). Output `report/`: `report.html`, `report.md`.
+//! evaluation), `cv/` (both cross-validations), any `transfer/` results, any `audit` (the leakage audit's
+//! verdict, in the headline and a section of its own), and `split`, `tracks`, `quarantine`, `segments` (the
+//! data summary). Output `report/`: `report.html`, `report.md`.
 //!
 //! Nothing here computes a score: the page only arranges what upstream stages wrote, so a number on it can
 //! be checked against its artifact by digest. Inference latency is not on the page: it is a property of the
@@ -23,6 +24,7 @@ use genrelab_contract::{
     StageParams, StageReport, TypedStage,
 };
 
+use crate::audit::AuditReport;
 use crate::charts;
 use crate::common::tables::{Quarantine, SegmentTable, SplitTable, TrackTable, SPLITS};
 use crate::cv::summary::{CvSummary, MeanStd};
@@ -248,6 +250,12 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
         transfer_headline.push("Transfer evaluation: none in this pipeline.".to_string());
     }
     headline.extend(transfer_headline);
+    let audits: Vec<(&InputArtifact, AuditReport)> = ctx
+        .inputs("audit")
+        .iter()
+        .map(|input| Ok((input, read_json(&input.path, "audit")?)))
+        .collect::<Result<_, StageError>>()?;
+    headline.extend(audit_headline(&audits));
 
     doc.heading("Headline");
     for line in &headline {
@@ -255,6 +263,10 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     }
     doc.source("leaderboard.json", tournament);
     doc.source("cv.json", cv);
+    for (input, _) in &audits {
+        doc.source("the leakage audit", input);
+    }
+    audit_section(&mut doc, &audits);
 
     doc.heading("Leaderboard");
     doc.paragraph("Every member of the tournament, chosen on validation, each scored on test once after the choice. Accuracies in percent.");
@@ -510,6 +522,77 @@ fn run(_: &Params, ctx: &StageContext) -> Result<StageReport, StageError> {
     })
 }
 
+/// The headline's audit line: `Leakage audit: all 11 invariants hold.`, or which fail.
+fn audit_headline(audits: &[(&InputArtifact, AuditReport)]) -> Vec<String> {
+    if audits.is_empty() {
+        return vec!["Leakage audit: none in this pipeline.".to_string()];
+    }
+    audits
+        .iter()
+        .map(|(_, report)| {
+            let mut line = format!("Leakage audit: {}.", report.headline());
+            if !report.replica_stages.is_empty() {
+                let stages: Vec<&str> = report.replica_stages.iter().map(String::as_str).collect();
+                line.push_str(&format!(
+                    " Leaky on purpose, listed and not counted: {}.",
+                    stages.join(", ")
+                ));
+            }
+            line
+        })
+        .collect()
+}
+
+/// One row per invariant: whether it holds, how much it examined, and the culprits.
+fn audit_section(doc: &mut Document, audits: &[(&InputArtifact, AuditReport)]) {
+    if audits.is_empty() {
+        return;
+    }
+    doc.heading("Leakage audit");
+    doc.paragraph("Each invariant proven from the manifests and lineage records of the stages behind these results (nothing re-run): `genrelab audit` prints the same. Failures of stages that reproduce the study's leaks on purpose are listed, not counted.");
+    for (input, report) in audits {
+        doc.paragraph(&format!(
+            "{} ({} stages audited): {}.",
+            report.target.as_deref().unwrap_or("every stage"),
+            report.stages.len(),
+            report.verdict
+        ));
+        let mut table = Table::new(&[
+            "invariant",
+            "verdict",
+            "checked",
+            "culprits",
+            "leaky on purpose",
+        ]);
+        for check in &report.checks {
+            let culprits = if check.failures.is_empty() {
+                "none".to_string()
+            } else {
+                check.failures.join("; ")
+            };
+            let replica = if check.replica_stages.is_empty() {
+                "none".to_string()
+            } else {
+                check
+                    .replica_stages
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            table.row(vec![
+                check.title.clone(),
+                if check.holds { "holds" } else { "FAILS" }.to_string(),
+                check.checked.to_string(),
+                culprits,
+                replica,
+            ]);
+        }
+        doc.table(&table);
+        doc.source("audit", input);
+    }
+}
+
 const STYLE: &str =
     "body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -530,6 +613,7 @@ const NEEDS: &[Need] = &[
     Need::one("quarantine"),
     Need::one("segments"),
     Need::any("transfer"),
+    Need::any("audit"),
 ];
 
 pub fn kind() -> Box<dyn StageKind> {
@@ -538,7 +622,7 @@ pub fn kind() -> Box<dyn StageKind> {
         about: "one self-contained HTML page and a Markdown summary of every result, each number beside its artifact's digest",
         needs: NEEDS,
         outputs: &["report/"],
-        code_dirs: &["report", "charts", "cv", "tournament", "transfer", "train", "common"],
+        code_dirs: &["report", "charts", "cv", "tournament", "transfer", "train", "common", "audit"],
         determinism: Determinism::Exact,
         run,
     })

@@ -51,3 +51,71 @@ fn percentages_and_spreads_have_one_decimal() {
         "90.4 ± 0.7"
     );
 }
+
+fn audit_report(failing: &[&str], replica: &[&str]) -> AuditReport {
+    let checks = ["split-tracks", "scaler-fit", "cv-grouped"]
+        .iter()
+        .map(|id| crate::audit::Check {
+            id: id.to_string(),
+            title: format!("the {id} invariant"),
+            holds: !failing.contains(id),
+            checked: 2,
+            failures: if failing.contains(id) {
+                vec![format!("stage: breaks {id}")]
+            } else {
+                Vec::new()
+            },
+            replica_failures: Vec::new(),
+            replica_stages: Default::default(),
+        })
+        .collect();
+    AuditReport {
+        target: Some("audit".into()),
+        stages: vec!["a".into(), "b".into()],
+        holds: failing.is_empty(),
+        verdict: "as computed".into(),
+        replica_stages: replica.iter().map(|s| s.to_string()).collect(),
+        checks,
+    }
+}
+
+#[test]
+fn the_audit_line_says_all_hold_or_names_what_fails() {
+    let input = InputArtifact {
+        stage: "audit".into(),
+        path: Default::default(),
+        digest: "0123456789abcdef".into(),
+    };
+    assert_eq!(
+        audit_headline(&[]),
+        ["Leakage audit: none in this pipeline."]
+    );
+    assert_eq!(
+        audit_headline(&[(&input, audit_report(&[], &[]))]),
+        ["Leakage audit: all 3 invariants hold."]
+    );
+    assert_eq!(
+        audit_headline(&[(&input, audit_report(&["scaler-fit"], &["cv_replica"]))]),
+        ["Leakage audit: 1 of 3 invariants fail: scaler-fit. Leaky on purpose, listed and not counted: cv_replica."]
+    );
+
+    let mut doc = Document::default();
+    audit_section(&mut doc, &[(&input, audit_report(&["scaler-fit"], &[]))]);
+    assert!(
+        doc.markdown.contains("## Leakage audit"),
+        "{}",
+        doc.markdown
+    );
+    assert!(
+        doc.markdown
+            .contains("| the scaler-fit invariant | FAILS | 2 | stage: breaks scaler-fit | none |"),
+        "{}",
+        doc.markdown
+    );
+    assert!(
+        doc.markdown.contains("digest 0123456789ab"),
+        "{}",
+        doc.markdown
+    );
+    assert!(doc.html.contains("<td>FAILS</td>"), "{}", doc.html);
+}
