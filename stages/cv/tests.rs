@@ -323,7 +323,7 @@ fn the_cv_folds_table_lists_grouped_folds_first_in_fold_order() {
         .unwrap()
         .str()
         .unwrap()
-        .into_iter()
+        .iter()
         .flatten()
         .collect();
     assert_eq!(
@@ -342,7 +342,7 @@ fn the_cv_folds_table_lists_grouped_folds_first_in_fold_order() {
         .unwrap()
         .u64()
         .unwrap()
-        .into_iter()
+        .iter()
         .flatten()
         .collect();
     assert_eq!(order, [0, 1, 2, 0, 1, 2]);
@@ -351,7 +351,7 @@ fn the_cv_folds_table_lists_grouped_folds_first_in_fold_order() {
         .unwrap()
         .f64()
         .unwrap()
-        .into_iter()
+        .iter()
         .flatten()
         .collect();
     assert_eq!(accuracy, [0.6, 0.7, 0.8, 0.8, 0.9, 0.7]);

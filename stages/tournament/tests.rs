@@ -127,12 +127,9 @@ fn the_leaderboard_table_ranks_every_member_and_flags_the_champion() {
     assert_eq!(names[..3], ["rank", "member", "arch"]);
     assert_eq!(names[14], "champion");
     let rank = df.column("rank").unwrap().u64().unwrap();
-    assert_eq!(rank.into_iter().flatten().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(rank.iter().flatten().collect::<Vec<_>>(), [1, 2]);
     let champion = df.column("champion").unwrap().bool().unwrap();
-    assert_eq!(
-        champion.into_iter().flatten().collect::<Vec<_>>(),
-        [false, true]
-    );
+    assert_eq!(champion.iter().flatten().collect::<Vec<_>>(), [false, true]);
     let row = df.get_row(0).unwrap().0;
     assert_eq!(row[1], AnyValue::String(&board.entries[0].member));
     assert_eq!(row[2], AnyValue::String("unet"));
@@ -146,5 +143,5 @@ fn the_leaderboard_table_ranks_every_member_and_flags_the_champion() {
         .iter()
         .map(|e| e.test_segment_accuracy)
         .collect();
-    assert_eq!(test.into_iter().flatten().collect::<Vec<_>>(), from_json);
+    assert_eq!(test.iter().flatten().collect::<Vec<_>>(), from_json);
 }

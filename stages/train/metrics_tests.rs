@@ -207,7 +207,7 @@ fn the_confusion_table_is_every_cell_by_level_actual_predicted() {
         .unwrap()
         .u64()
         .unwrap()
-        .into_iter()
+        .iter()
         .flatten()
         .sum();
     assert_eq!(total, e.levels().iter().map(|(_, s)| s.count).sum::<u64>());

@@ -196,7 +196,7 @@ fn the_results_table_has_one_row_per_method_in_run_order() {
         .unwrap()
         .str()
         .unwrap()
-        .into_iter()
+        .iter()
         .flatten()
         .collect();
     assert_eq!(method, ["linear_probe", "fine_tune"]);
@@ -205,7 +205,7 @@ fn the_results_table_has_one_row_per_method_in_run_order() {
         .unwrap()
         .u64()
         .unwrap()
-        .into_iter()
+        .iter()
         .collect();
     assert_eq!(epochs, [None, Some(7)]);
     let accuracy: Vec<f64> = df
@@ -213,7 +213,7 @@ fn the_results_table_has_one_row_per_method_in_run_order() {
         .unwrap()
         .f64()
         .unwrap()
-        .into_iter()
+        .iter()
         .flatten()
         .collect();
     let want: Vec<f64> = result
