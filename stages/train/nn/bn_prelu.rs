@@ -37,19 +37,23 @@ pub enum Statistics<'a> {
     Running { mean: &'a Tensor, var: &'a Tensor },
 }
 
-/// `act(batch_norm(x))`, max-pooled 2 x 2 when `pool`: `x` [b, c, h, w], `gamma`, `beta` [c], and `alpha` [c]
-/// for PReLU (ignored, may be `None`, for ReLU). Differentiable in `x`, `gamma`, `beta` and `alpha`. Returns the
+/// `act(batch_norm(x))`, max-pooled 2 x 2 when `pool`: `x` [b, c, h, w], `gamma`, `beta` [c]; the activation
+/// is PReLU with slopes `alpha` [c] when given, ReLU otherwise. Differentiable in `x`, `gamma`, `beta` and `alpha`. Returns the
 /// output and, in training, the batch mean and biased variance as detached [c] tensors.
 pub fn batch_norm_act(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     alpha: Option<&Tensor>,
-    act: Activation,
     pool: bool,
     stats: Statistics<'_>,
     eps: f64,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    let act = if alpha.is_some() {
+        Activation::PRelu
+    } else {
+        Activation::Relu
+    };
     let (b, c, hw) = check_bn(x, gamma, beta)?;
     let (_, _, h, w) = x.dims4()?;
     if pool && (h < 2 || w < 2) {
@@ -114,16 +118,7 @@ pub fn batch_norm_prelu_train(
     alpha: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (y, stats) = batch_norm_act(
-        x,
-        gamma,
-        beta,
-        Some(alpha),
-        Activation::PRelu,
-        false,
-        Statistics::Batch,
-        eps,
-    )?;
+    let (y, stats) = batch_norm_act(x, gamma, beta, Some(alpha), false, Statistics::Batch, eps)?;
     let Some((mean, var)) = stats else {
         bail!("batch norm -> prelu: the forward pass left no statistics");
     };

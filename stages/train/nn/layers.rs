@@ -5,7 +5,7 @@
 use candle_core::{bail, DType, Device, Result, Shape, Tensor, Var};
 use rand_chacha::ChaCha20Rng;
 
-use super::bn_prelu::{self, Activation, Statistics};
+use super::bn_prelu::{self, Statistics};
 pub use super::conv::ConvKernel;
 use super::params::{unit_uniform, ParamStore, Role};
 use super::{fused, pool, reframe};
@@ -247,9 +247,9 @@ impl BatchNorm {
             return if pool { max_pool_2x2(&y) } else { Ok(y) };
         }
         let (gamma, beta) = (self.gamma.as_tensor(), self.beta.as_tensor());
-        let (activation, alpha) = match act {
-            Then::Relu => (Activation::Relu, None),
-            Then::PRelu(p) => (Activation::PRelu, Some(p.alpha.as_tensor())),
+        let alpha = match act {
+            Then::Relu => None,
+            Then::PRelu(p) => Some(p.alpha.as_tensor()),
         };
         let (mean, var) = (
             self.moving_mean.as_detached_tensor(),
@@ -263,8 +263,7 @@ impl BatchNorm {
                 var: &var,
             }
         };
-        let (y, batch) =
-            bn_prelu::batch_norm_act(x, gamma, beta, alpha, activation, pool, stats, BN_EPSILON)?;
+        let (y, batch) = bn_prelu::batch_norm_act(x, gamma, beta, alpha, pool, stats, BN_EPSILON)?;
         if let Some((mean, variance)) = batch {
             self.update_running(&mean, &variance)?;
         }

@@ -10,9 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
-use super::bn_prelu::{
-    batch_norm_act, fill_planes, first_max, window, Activation, Geom, Statistics,
-};
+use super::bn_prelu::{batch_norm_act, fill_planes, first_max, window, Geom, Statistics};
 use super::fused::{check_dtypes, min_planes, operand, zip_planes, Real};
 
 /// 2 x 2 max pool, stride 2, of `x` [b, c, h, w] (h, w >= 2).
@@ -53,7 +51,7 @@ pub fn batch_norm_relu_max_pool(
     stats: Statistics<'_>,
     eps: f64,
 ) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
-    batch_norm_act(x, gamma, beta, None, Activation::Relu, true, stats, eps)
+    batch_norm_act(x, gamma, beta, None, true, stats, eps)
 }
 
 struct PoolOp {
