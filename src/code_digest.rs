@@ -1,8 +1,9 @@
 //! The digest of a stage folder's sources. Shared by `build.rs` (which bakes the digests into the binary as
 //! code fingerprints) and the tests, so that what is tested is what is built.
 //!
-//! Test code (`tests.rs`, anything under a `tests/` folder) is left out: editing a stage's tests cannot change
-//! its outputs, and must not re-run it and everything downstream.
+//! Test code (`tests.rs`, `<module>_tests.rs`, anything under a `tests/` folder) is left out: editing a stage's
+//! tests cannot change its outputs, and must not re-run it and everything downstream. A `_tests.rs` file is only
+//! ever mounted behind `#[cfg(test)]`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,11 +19,15 @@ fn collect(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
             if name != "tests" {
                 collect(&path, base, out);
             }
-        } else if path.extension().is_some_and(|e| e == "rs") && name != "tests.rs" {
+        } else if path.extension().is_some_and(|e| e == "rs") && !is_test_file(&name.to_string_lossy()) {
             let rel = path.strip_prefix(base).unwrap_or(&path);
             out.push((rel.to_string_lossy().replace('\\', "/"), path));
         }
     }
+}
+
+fn is_test_file(name: &str) -> bool {
+    name == "tests.rs" || name.ends_with("_tests.rs")
 }
 
 /// The `.rs` files under `dir`, sorted by relative path.
