@@ -19,7 +19,9 @@ fn collect(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
             if name != "tests" {
                 collect(&path, base, out);
             }
-        } else if path.extension().is_some_and(|e| e == "rs") && !is_test_file(&name.to_string_lossy()) {
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && !is_test_file(&name.to_string_lossy())
+        {
             let rel = path.strip_prefix(base).unwrap_or(&path);
             out.push((rel.to_string_lossy().replace('\\', "/"), path));
         }

@@ -384,7 +384,11 @@ mod tests {
         // Tests do not make the code: editing them changes nothing.
         let split = digest("split");
         std::fs::write(tree.path().join("split/tests.rs"), "#[test] fn t() {}\n").unwrap();
-        std::fs::write(tree.path().join("split/mod_tests.rs"), "#[test] fn u() {}\n").unwrap();
+        std::fs::write(
+            tree.path().join("split/mod_tests.rs"),
+            "#[test] fn u() {}\n",
+        )
+        .unwrap();
         assert_eq!(digest("split"), split);
         // A renamed file is a change too, even with the same bytes.
         std::fs::rename(
