@@ -19,8 +19,10 @@ reproduce: build
 	@echo "report: reports/latest/report.html (and report.md)"
 
 ## Format check, lints, unit and end-to-end tests (the engine's toy stages are compiled in for the tests).
+## Built in release: the tests run faster, and `make reproduce` afterwards reuses every compiled dependency
+## instead of building the whole tree a second time in another profile.
 test: lint
-	$(CARGO) test --workspace --features toy-stages
+	$(CARGO) test --release --workspace --features toy-stages
 
 lint:
 	$(CARGO) fmt --all --check

@@ -7,7 +7,8 @@
 //! `cargo bench --bench train_step [-- ARCH]` (ARCH: `efficient_vgg`, `res_se`, `unet`, `unet_lean`; a
 //! substring selects every network containing it). `ROUNDS=N` sets the timed rounds (default 3; the stock
 //! steps take seconds to tens of seconds each at width 1); each network first runs one untimed step of either
-//! kind. `RAYON_NUM_THREADS` sets the thread count.
+//! kind. `RAYON_NUM_THREADS` sets the thread count. `PROFILE_STEPS=N` runs N steps of our network only and
+//! prints no table: a clean process to attach a sampling profiler to (`perf record`).
 //!
 //! The first table is the whole step: min/median/max ms of each kind, samples/s, and the stock/ours ratio of
 //! the medians. Its GFLOP/s counts 3 x the forward multiply-adds x 2 flops per step (forward, and the two
@@ -114,12 +115,13 @@ impl Measured {
     }
 }
 
-fn rounds_from_env() -> Result<usize, String> {
-    match std::env::var("ROUNDS") {
-        Err(_) => Ok(DEFAULT_ROUNDS),
+/// A positive count from the environment variable `name`, if it is set.
+fn count_from_env(name: &str) -> Result<Option<usize>, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
         Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("ROUNDS must be a positive integer, got {v:?}")),
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(format!("{name} must be a positive integer, got {v:?}")),
         },
     }
 }
@@ -127,7 +129,8 @@ fn rounds_from_env() -> Result<usize, String> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The allocator setting `genrelab` makes at start-up, so the bench times what a run does.
     genrelab::tune_allocator();
-    let rounds = rounds_from_env()?;
+    let rounds = count_from_env("ROUNDS")?.unwrap_or(DEFAULT_ROUNDS);
+    let profile_steps = count_from_env("PROFILE_STEPS")?;
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let device = Device::Cpu;
     let mut rng = ChaCha20Rng::seed_from_u64(7);
@@ -178,6 +181,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &device,
         )?;
         let mut ours = Trainer::new(&spec, ConvKernel::Im2colGemm)?;
+        if let Some(steps) = profile_steps {
+            // Only our step, so that a sampling profiler attached to the process sees nothing else.
+            let started = Instant::now();
+            for _ in 0..steps {
+                ours.step(&x, &y)?;
+            }
+            eprintln!(
+                "  {name}: {steps} steps of ours only in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            continue;
+        }
         let mut stock = Trainer::new(&spec, ConvKernel::CandleStock)?;
         let started = Instant::now();
         // Warm-up: first-touch allocations.

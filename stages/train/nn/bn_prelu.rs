@@ -15,11 +15,12 @@
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
-use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{batch_stats, check_bn, check_dtypes, min_planes, operand, Real, Saved};
+use super::fused::{
+    batch_stats, check_bn, check_dtypes, min_planes, run_on_pair, Operand, PairKernel, Real, Saved,
+};
 
 /// The activation between the batch norm and the (optional) pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,14 +159,43 @@ impl Geom {
 /// The index (within a window's four, in scan order (0,0), (0,1), (1,0), (1,1)) of the first maximal value.
 #[inline(always)]
 pub(super) fn first_max(v: [f64; 4]) -> usize {
-    let mut best = 0;
-    for k in 1..4 {
-        // Strictly greater: a tie keeps the earlier element.
-        if v[k] > v[best] {
-            best = k;
-        }
+    let (mut best, mut top) = (0, v[0]);
+    for (k, &candidate) in v.iter().enumerate().skip(1) {
+        // Strictly greater: a tie keeps the earlier element. Written as selects, not branches, because the
+        // winner of a window of noisy activations is a coin toss that a branch predictor keeps losing.
+        let greater = candidate > top;
+        best = if greater { k } else { best };
+        top = if greater { candidate } else { top };
     }
     best
+}
+
+/// Row `y` of a plane of width `w` normalised (`z`) and activated (`a`), as the separate ops round them.
+#[inline(always)]
+fn activate_row<T: Real>(
+    act: Activation,
+    k: Channel,
+    xp: &[T],
+    (y, w): (usize, usize),
+    z: &mut [f64],
+    a: &mut [f64],
+) {
+    let row = &xp[y * w..(y + 1) * w];
+    for ((v, z), a) in row.iter().zip(z.iter_mut()).zip(a.iter_mut()) {
+        *z = normalise::<T>(k, v.f64());
+        *a = activate::<T>(act, k, *z);
+    }
+}
+
+/// Window `ox`'s four values, in scan order, from its top and bottom rows.
+#[inline(always)]
+fn window_values(top: &[f64], bottom: &[f64], ox: usize) -> [f64; 4] {
+    [
+        top[2 * ox],
+        top[2 * ox + 1],
+        bottom[2 * ox],
+        bottom[2 * ox + 1],
+    ]
 }
 
 /// Offsets within a plane of row width `w` of window (oy, ox)'s four elements, in scan order.
@@ -266,10 +296,15 @@ impl BnActOp {
             let xp = &x[i * self.hw..(i + 1) * self.hw];
             let f = |v: T| activate::<T>(act, k, normalise::<T>(k, v.f64()));
             if g.pool {
+                // Row by row into scratch, so that normalising runs over contiguous memory.
+                let mut z = vec![0.0; g.w];
+                let mut top = vec![0.0; g.w];
+                let mut bottom = vec![0.0; g.w];
                 for oy in 0..oh {
+                    activate_row(act, k, xp, (2 * oy, g.w), &mut z, &mut top);
+                    activate_row(act, k, xp, (2 * oy + 1, g.w), &mut z, &mut bottom);
                     for ox in 0..ow {
-                        let idx = window(g.w, oy, ox);
-                        let a = idx.map(|j| f(xp[j]));
+                        let a = window_values(&top, &bottom, ox);
                         o[oy * ow + ox].write(T::of(a[first_max(a)]));
                     }
                 }
@@ -316,6 +351,12 @@ fn activation_grad(act: Activation, k: Channel, z: f64, g: f64) -> (f64, f64) {
     }
 }
 
+impl PairKernel for BnActOp {
+    fn run_pair<T: Real>(&self, x: &[T], params: &[T]) -> Result<Vec<T>> {
+        self.forward(x, params)
+    }
+}
+
 impl CustomOp2 for BnActOp {
     fn name(&self) -> &'static str {
         "batch-norm-activation"
@@ -334,21 +375,12 @@ impl CustomOp2 for BnActOp {
         if np[0] != self.n_params() {
             bail!("batch norm -> activation: {} parameters", np[0]);
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(p)) => CpuStorage::F32(self.forward(
-                operand(x, l1, &xd, "batch norm input")?,
-                operand(p, l2, &np, "batch norm parameters")?,
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(p)) => CpuStorage::F64(self.forward(
-                operand(x, l1, &xd, "batch norm input")?,
-                operand(p, l2, &np, "batch norm parameters")?,
-            )?),
-            (a, b) => bail!(
-                "batch norm -> activation: needs f32 or f64 operands of one dtype, got {:?} and {:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = run_on_pair(
+            "batch norm -> activation",
+            self,
+            Operand::new(s1, l1, &xd, "batch norm input"),
+            Operand::new(s2, l2, &np, "batch norm parameters"),
+        )?;
         Ok((out, Shape::from(g.out_dims().to_vec())))
     }
 
@@ -402,35 +434,82 @@ struct BnActGrad<'a> {
     sums: OnceLock<Vec<[f64; 3]>>,
 }
 
+/// What the backward pass's first sweep learns about one activation (per pooling window when pooled, per
+/// element otherwise), so that the second sweep rebuilds the gradient reaching the batch norm without
+/// normalising the input again: the winning element's index in the window (bits 0-1) and whether the
+/// activation let the gradient through unscaled (bit 2).
+type Route = u8;
+const PASSED: Route = 4;
+const WINNER: Route = 3;
+
 impl BnActGrad<'_> {
-    /// Fills `dz` (one plane) from the plane's input and output gradient; returns the slope's share.
-    fn plane_dz<T: Real>(&self, k: Channel, xp: &[T], gp: &[T], dz: &mut [f64]) -> f64 {
+    /// The gradient reaching the normalised value from the activation's output gradient `g`, as
+    /// [`activation_grad`] gives it, from the route recorded for it.
+    #[inline(always)]
+    fn routed(&self, k: Channel, route: Route, g: f64) -> f64 {
+        if route & PASSED != 0 {
+            g
+        } else {
+            match self.op.act {
+                Activation::Relu => 0.0,
+                Activation::PRelu => k.alpha * g,
+            }
+        }
+    }
+
+    /// The first sweep over one plane: records each window's (or element's) route in `routes` and returns the
+    /// per-plane sums of `dz`, `dz * (x - mean)` and the slope's gradient. Each sum adds its terms in the
+    /// plane's row-major order, the order a dense `dz` plane would be summed in; the zeros a dense plane would
+    /// hold add nothing, as a running sum that starts at +0 never becomes -0.
+    fn plane_sums<T: Real>(
+        &self,
+        k: Channel,
+        xp: &[T],
+        gp: &[T],
+        routes: &mut [Route],
+    ) -> [f64; 3] {
         let g = self.op.geom;
         let act = self.op.act;
-        let mut dalpha = 0.0;
+        let (mut s0, mut s1, mut dalpha) = (0.0, 0.0, 0.0);
         if g.pool {
-            dz.fill(0.0);
             let (oh, ow) = g.out_hw();
+            let (mut z_top, mut z_bottom) = (vec![0.0; g.w], vec![0.0; g.w]);
+            let (mut top, mut bottom) = (vec![0.0; g.w], vec![0.0; g.w]);
             for oy in 0..oh {
-                for ox in 0..ow {
-                    let idx = window(g.w, oy, ox);
-                    let z = idx.map(|j| normalise::<T>(k, xp[j].f64()));
-                    let a = z.map(|z| activate::<T>(act, k, z));
-                    let m = first_max(a);
-                    let (d, da) = activation_grad(act, k, z[m], gp[oy * ow + ox].f64());
-                    dz[idx[m]] = d;
+                activate_row(act, k, xp, (2 * oy, g.w), &mut z_top, &mut top);
+                activate_row(act, k, xp, (2 * oy + 1, g.w), &mut z_bottom, &mut bottom);
+                let row = &mut routes[oy * ow..(oy + 1) * ow];
+                for (ox, route) in row.iter_mut().enumerate() {
+                    let m = first_max(window_values(&top, &bottom, ox));
+                    let zm = window_values(&z_top, &z_bottom, ox)[m];
+                    let (_, da) = activation_grad(act, k, zm, gp[oy * ow + ox].f64());
                     dalpha += da;
+                    *route = m as Route | if zm >= 0.0 { PASSED } else { 0 };
+                }
+                // The window's top row comes before its bottom row in the plane.
+                for top in [true, false] {
+                    for (ox, route) in row.iter().enumerate() {
+                        let m = usize::from(route & WINNER);
+                        if (m < 2) != top {
+                            continue;
+                        }
+                        let d = self.routed(k, *route, gp[oy * ow + ox].f64());
+                        s0 += d;
+                        s1 += d * (xp[window(g.w, oy, ox)[m]].f64() - k.mean);
+                    }
                 }
             }
         } else {
-            for ((d, v), gv) in dz.iter_mut().zip(xp).zip(gp) {
+            for ((route, v), gv) in routes.iter_mut().zip(xp).zip(gp) {
                 let z = normalise::<T>(k, v.f64());
-                let (dd, da) = activation_grad(act, k, z, gv.f64());
-                *d = dd;
+                let (d, da) = activation_grad(act, k, z, gv.f64());
+                *route = if z >= 0.0 { PASSED } else { 0 };
                 dalpha += da;
+                s0 += d;
+                s1 += d * (v.f64() - k.mean);
             }
         }
-        dalpha
+        [s0, s1, dalpha]
     }
 
     fn run<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
@@ -443,24 +522,22 @@ impl BnActGrad<'_> {
             bail!("batch norm -> activation backward: operand sizes");
         }
         let min = min_planes(hw);
-        let partials: Vec<[f64; 3]> = (0..planes)
-            .into_par_iter()
-            .with_min_len(min)
-            .map_init(
-                || vec![0.0; hw],
-                |dz, i| {
+        let per_plane = if g.pool { ohw } else { hw };
+        let mut routes: Vec<Route> = vec![0; planes * per_plane];
+        let partials: Vec<[f64; 3]> = if per_plane == 0 {
+            vec![[0.0; 3]; planes]
+        } else {
+            routes
+                .par_chunks_mut(per_plane)
+                .enumerate()
+                .with_min_len(min)
+                .map(|(i, r)| {
                     let k = self.chans[i % g.c];
                     let xp = &x[i * hw..(i + 1) * hw];
-                    let da = self.plane_dz(k, xp, &dy[i * ohw..(i + 1) * ohw], dz);
-                    let (mut s0, mut s1) = (0.0, 0.0);
-                    for (d, v) in dz.iter().zip(xp) {
-                        s0 += d;
-                        s1 += d * (v.f64() - k.mean);
-                    }
-                    [s0, s1, da]
-                },
-            )
-            .collect();
+                    self.plane_sums(k, xp, &dy[i * ohw..(i + 1) * ohw], r)
+                })
+                .collect()
+        };
         let mut sums = vec![[0.0; 3]; g.c];
         for (i, p) in partials.iter().enumerate() {
             let o = &mut sums[i % g.c];
@@ -489,13 +566,35 @@ impl BnActGrad<'_> {
             let k = self.chans[i % g.c];
             let [a, b, c0] = coef[i % g.c];
             let xp = &x[i * hw..(i + 1) * hw];
-            let mut dz = vec![0.0; hw];
-            self.plane_dz(k, xp, &dy[i * ohw..(i + 1) * ohw], &mut dz);
-            for ((o, v), d) in o.iter_mut().zip(xp).zip(&dz) {
-                o.write(T::of(a * d + (b * (v.f64() - k.mean) + c0)));
+            let gp = &dy[i * ohw..(i + 1) * ohw];
+            let r = &routes[i * per_plane..(i + 1) * per_plane];
+            let dx = |d: f64, v: T| T::of(a * d + (b * (v.f64() - k.mean) + c0));
+            if g.pool {
+                // Every element as if no gradient reached it (a contiguous, branch-free sweep), then each
+                // window's winner rewritten with the gradient it routed.
+                for (o, v) in o.iter_mut().zip(xp) {
+                    o.write(dx(0.0, *v));
+                }
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let route = r[oy * ow + ox];
+                        let j = window(g.w, oy, ox)[usize::from(route & WINNER)];
+                        o[j].write(dx(self.routed(k, route, gp[oy * ow + ox].f64()), xp[j]));
+                    }
+                }
+            } else {
+                for (((o, v), gv), route) in o.iter_mut().zip(xp).zip(gp).zip(r) {
+                    o.write(dx(self.routed(k, *route, gv.f64()), *v));
+                }
             }
         });
         Ok(dx)
+    }
+}
+
+impl PairKernel for BnActGrad<'_> {
+    fn run_pair<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
+        self.run(x, dy)
     }
 }
 
@@ -514,21 +613,12 @@ impl CustomOp2 for BnActGrad<'_> {
         let g = self.op.geom;
         let xd = [g.b, g.c, g.h, g.w];
         let od = g.out_dims();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(d)) => CpuStorage::F32(self.run(
-                operand(x, l1, &xd, "batch norm input")?,
-                operand(d, l2, &od, "output gradient")?,
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(d)) => CpuStorage::F64(self.run(
-                operand(x, l1, &xd, "batch norm input")?,
-                operand(d, l2, &od, "output gradient")?,
-            )?),
-            (a, b) => bail!(
-                "batch norm -> activation backward: needs f32 or f64 operands of one dtype, got {:?} and {:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = run_on_pair(
+            "batch norm -> activation backward",
+            self,
+            Operand::new(s1, l1, &xd, "batch norm input"),
+            Operand::new(s2, l2, &od, "output gradient"),
+        )?;
         Ok((out, Shape::from(xd.to_vec())))
     }
 }

@@ -264,3 +264,157 @@ fn results_are_bit_identical_for_one_two_and_three_threads() {
         assert_eq!(one, on(3), "{shape:?}: 1 vs 3 threads");
     }
 }
+
+/// The backward pass as first written: a dense `dz` plane per plane, summed element by element in row-major
+/// order and computed twice (once for the sums, once for the input gradient). The routed backward must give
+/// its bits exactly: the same sums in the same order, the same input gradient.
+fn dense_reference(
+    grad: &super::BnActGrad<'_>,
+    x: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<[f64; 3]>) {
+    use super::{activate, activation_grad, first_max, normalise, window, Stats};
+    let op = grad.op;
+    let g = op.geom;
+    let (hw, (oh, ow)) = (op.hw, g.out_hw());
+    let ohw = oh * ow;
+    let plane_dz = |k: super::Channel, xp: &[f32], gp: &[f32], dz: &mut Vec<f64>| -> f64 {
+        let mut dalpha = 0.0;
+        dz.clear();
+        dz.resize(hw, 0.0);
+        if g.pool {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let idx = window(g.w, oy, ox);
+                    let z = idx.map(|j| normalise::<f32>(k, f64::from(xp[j])));
+                    let a = z.map(|z| activate::<f32>(op.act, k, z));
+                    let m = first_max(a);
+                    let (d, da) = activation_grad(op.act, k, z[m], f64::from(gp[oy * ow + ox]));
+                    dz[idx[m]] = d;
+                    dalpha += da;
+                }
+            }
+        } else {
+            for ((d, v), gv) in dz.iter_mut().zip(xp).zip(gp) {
+                let z = normalise::<f32>(k, f64::from(*v));
+                let (dd, da) = activation_grad(op.act, k, z, f64::from(*gv));
+                *d = dd;
+                dalpha += da;
+            }
+        }
+        dalpha
+    };
+    let planes = g.b * g.c;
+    let mut dz = Vec::new();
+    let mut sums = vec![[0.0; 3]; g.c];
+    for i in 0..planes {
+        let k = grad.chans[i % g.c];
+        let xp = &x[i * hw..(i + 1) * hw];
+        let da = plane_dz(k, xp, &dy[i * ohw..(i + 1) * ohw], &mut dz);
+        let (mut s0, mut s1) = (0.0, 0.0);
+        for (d, v) in dz.iter().zip(xp) {
+            s0 += d;
+            s1 += d * (f64::from(*v) - k.mean);
+        }
+        let o = &mut sums[i % g.c];
+        for (o, p) in o.iter_mut().zip([s0, s1, da]) {
+            *o += p;
+        }
+    }
+    let n = (g.b * hw) as f64;
+    let train = matches!(op.stats, Stats::Batch(_));
+    let mut dx = Vec::with_capacity(x.len());
+    for i in 0..planes {
+        let ch = i % g.c;
+        let k = grad.chans[ch];
+        let [a, b, c0] = if train {
+            let [s_dz, s_dzc, _] = sums[ch];
+            let is2 = grad.invstd[ch] * grad.invstd[ch];
+            [k.scale, -k.scale * is2 * s_dzc / n, -k.scale * s_dz / n]
+        } else {
+            [k.scale, 0.0, 0.0]
+        };
+        let xp = &x[i * hw..(i + 1) * hw];
+        plane_dz(k, xp, &dy[i * ohw..(i + 1) * ohw], &mut dz);
+        for (v, d) in xp.iter().zip(&dz) {
+            dx.push((a * d + (b * (f64::from(*v) - k.mean) + c0)) as f32);
+        }
+    }
+    (dx, sums)
+}
+
+#[test]
+fn routed_backward_has_the_dense_backwards_bits() {
+    use super::{Activation, BnActGrad, BnActOp, Geom, Stats};
+    use std::sync::{Arc, OnceLock};
+    let mut checked = 0;
+    for [b, c, h, w] in [[3, 4, 9, 11], [2, 3, 16, 16], [1, 2, 2, 3]] {
+        for pool in [false, true] {
+            for act in [Activation::Relu, Activation::PRelu] {
+                for train in [true, false] {
+                    let seed = (b * 1000 + h * 10 + w) as u64;
+                    // Values on a coarse grid, so that windows hold ties and the batch norm hits exact zeros.
+                    let grid = |t: Tensor| (t * 4.0).unwrap().round().unwrap() / 4.0;
+                    let x = grid(uniform(&[b, c, h, w], -2.0, 2.0, seed, DType::F32).unwrap())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let geom = Geom { b, c, h, w, pool };
+                    let [_, _, oh, ow] = out_shape(&[b, c, h, w], pool);
+                    let dy = uniform(&[b * c * oh * ow], -1.0, 1.0, seed + 1, DType::F32)
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let mut params: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.25).collect();
+                    params.extend((0..c).map(|i| i as f32 * 0.125 - 0.25));
+                    if act == Activation::PRelu {
+                        params.extend((0..c).map(|i| 0.1 * i as f32 - 0.05));
+                    }
+                    let stats = if train {
+                        Stats::Batch(Arc::new(OnceLock::new()))
+                    } else {
+                        Stats::Fixed(super::super::fused::Saved {
+                            mean: (0..c).map(|i| 0.1 * i as f64).collect(),
+                            var: (0..c).map(|i| 0.5 + i as f64).collect(),
+                            invstd: (0..c)
+                                .map(|i| 1.0 / (0.5 + i as f64 + 1e-3).sqrt())
+                                .collect(),
+                        })
+                    };
+                    let op = BnActOp {
+                        geom,
+                        hw: h * w,
+                        eps: 1e-3,
+                        act,
+                        stats,
+                    };
+                    op.forward::<f32>(&x, &params).unwrap();
+                    let saved = op.saved().unwrap();
+                    let p64: Vec<f64> = params.iter().map(|v| f64::from(*v)).collect();
+                    let grad = BnActGrad {
+                        op: &op,
+                        chans: op.channels(saved, &p64),
+                        invstd: &saved.invstd,
+                        sums: OnceLock::new(),
+                    };
+                    let dx = grad.run::<f32>(&x, &dy).unwrap();
+                    let (want_dx, want_sums) = dense_reference(&grad, &x, &dy);
+                    let what = format!("{:?} pool {pool} {act:?} train {train}", [b, c, h, w]);
+                    let to_bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(to_bits(&dx), to_bits(&want_dx), "dx, {what}");
+                    let sum_bits = |s: &[[f64; 3]]| {
+                        s.iter()
+                            .flat_map(|s| s.map(f64::to_bits))
+                            .collect::<Vec<_>>()
+                    };
+                    let sums = grad.sums.get().unwrap();
+                    assert_eq!(sum_bits(sums), sum_bits(&want_sums), "sums, {what}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 24);
+}

@@ -505,6 +505,61 @@ pub(super) fn operand<'a, T>(
     }
 }
 
+/// One operand of a kernel: its storage, layout, the dims it must have and what it is (named in errors).
+pub(super) struct Operand<'a> {
+    pub(super) storage: &'a CpuStorage,
+    pub(super) layout: &'a Layout,
+    pub(super) dims: &'a [usize],
+    pub(super) what: &'a str,
+}
+
+impl<'a> Operand<'a> {
+    pub(super) fn new(
+        storage: &'a CpuStorage,
+        layout: &'a Layout,
+        dims: &'a [usize],
+        what: &'a str,
+    ) -> Self {
+        Self {
+            storage,
+            layout,
+            dims,
+            what,
+        }
+    }
+
+    fn slice<T>(&self, data: &'a [T]) -> Result<&'a [T]> {
+        operand(data, self.layout, self.dims, self.what)
+    }
+}
+
+/// A kernel over two operands of one float type, written once for f32 and f64.
+pub(super) trait PairKernel {
+    fn run_pair<T: Real>(&self, a: &[T], b: &[T]) -> Result<Vec<T>>;
+}
+
+/// Runs `kernel` on two f32 or two f64 operands; any other pair is an error naming `op`.
+pub(super) fn run_on_pair<K: PairKernel>(
+    op: &str,
+    kernel: &K,
+    a: Operand<'_>,
+    b: Operand<'_>,
+) -> Result<CpuStorage> {
+    Ok(match (a.storage, b.storage) {
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => {
+            CpuStorage::F32(kernel.run_pair(a.slice(x)?, b.slice(y)?)?)
+        }
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => {
+            CpuStorage::F64(kernel.run_pair(a.slice(x)?, b.slice(y)?)?)
+        }
+        (x, y) => bail!(
+            "{op}: needs f32 or f64 operands of one dtype, got {:?} and {:?}",
+            x.dtype(),
+            y.dtype()
+        ),
+    })
+}
+
 pub(super) fn to_f64<T: Real>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.f64()).collect()
 }
@@ -688,8 +743,8 @@ struct BatchNormGrad<'a> {
     sums: Mutex<Option<Vec<[f64; 2]>>>,
 }
 
-impl BatchNormGrad<'_> {
-    fn run<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
+impl PairKernel for BatchNormGrad<'_> {
+    fn run_pair<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
         let (b, c, hw) = self.dims;
         let mean = self.mean;
         let partials = plane_partials(x, dy, hw, c, |ch| {
@@ -745,21 +800,12 @@ impl CustomOp2 for BatchNormGrad<'_> {
         } else {
             Shape::from(0)
         };
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(self.run(
-                operand(x, l1, dims, "batch norm input")?,
-                operand(g, l2, dims, "batch norm output gradient")?,
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(self.run(
-                operand(x, l1, dims, "batch norm input")?,
-                operand(g, l2, dims, "batch norm output gradient")?,
-            )?),
-            (a, b) => bail!(
-                "batch norm backward: needs two f32 or two f64 operands, got {:?} and {:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = run_on_pair(
+            "batch norm backward",
+            self,
+            Operand::new(s1, l1, dims, "batch norm input"),
+            Operand::new(s2, l2, dims, "batch norm output gradient"),
+        )?;
         Ok((out, shape))
     }
 }
@@ -768,8 +814,8 @@ struct PReluOp {
     dims: (usize, usize, usize),
 }
 
-impl PReluOp {
-    fn forward<T: Real>(&self, x: &[T], alpha: &[T]) -> Result<Vec<T>> {
+impl PairKernel for PReluOp {
+    fn run_pair<T: Real>(&self, x: &[T], alpha: &[T]) -> Result<Vec<T>> {
         let (_, c, hw) = self.dims;
         let alpha = to_f64(alpha);
         // 0 + a * v rather than a * v: a zero slope gives +0, as relu does, never -0.
@@ -795,21 +841,12 @@ impl CustomOp2 for PReluOp {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = l1.dims();
         let c = [self.dims.1];
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(a)) => CpuStorage::F32(self.forward(
-                operand(x, l1, dims, "prelu input")?,
-                operand(a, l2, &c, "prelu slopes")?,
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(a)) => CpuStorage::F64(self.forward(
-                operand(x, l1, dims, "prelu input")?,
-                operand(a, l2, &c, "prelu slopes")?,
-            )?),
-            (a, b) => bail!(
-                "prelu: needs two f32 or two f64 operands, got {:?} and {:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = run_on_pair(
+            "prelu",
+            self,
+            Operand::new(s1, l1, dims, "prelu input"),
+            Operand::new(s2, l2, &c, "prelu slopes"),
+        )?;
         Ok((out, Shape::from(dims)))
     }
 
@@ -847,8 +884,8 @@ struct PReluGrad {
     sums: Mutex<Option<Vec<f64>>>,
 }
 
-impl PReluGrad {
-    fn run<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
+impl PairKernel for PReluGrad {
+    fn run_pair<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
         let (_, c, hw) = self.dims;
         let alpha = &self.alpha;
         let (dx, partials) = zip_planes::<T, true, _>(x, dy, hw, c, |ch| {
@@ -880,21 +917,12 @@ impl CustomOp2 for PReluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dims = l1.dims();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(self.run(
-                operand(x, l1, dims, "prelu input")?,
-                operand(g, l2, dims, "prelu output gradient")?,
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(self.run(
-                operand(x, l1, dims, "prelu input")?,
-                operand(g, l2, dims, "prelu output gradient")?,
-            )?),
-            (a, b) => bail!(
-                "prelu backward: needs two f32 or two f64 operands, got {:?} and {:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = run_on_pair(
+            "prelu backward",
+            self,
+            Operand::new(s1, l1, dims, "prelu input"),
+            Operand::new(s2, l2, dims, "prelu output gradient"),
+        )?;
         Ok((out, Shape::from(dims)))
     }
 }

@@ -11,7 +11,9 @@ use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape,
 use std::sync::OnceLock;
 
 use super::bn_prelu::{batch_norm_act, fill_planes, first_max, window, Geom, Statistics};
-use super::fused::{check_dtypes, min_planes, operand, zip_planes, Real};
+use super::fused::{
+    check_dtypes, min_planes, operand, run_on_pair, zip_planes, Operand, PairKernel, Real,
+};
 
 /// 2 x 2 max pool, stride 2, of `x` [b, c, h, w] (h, w >= 2).
 pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
@@ -148,6 +150,12 @@ struct PoolGrad {
     op: PoolOp,
 }
 
+impl PairKernel for PoolGrad {
+    fn run_pair<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
+        Ok(self.op.backward(x, dy))
+    }
+}
+
 impl CustomOp2 for PoolGrad {
     fn name(&self) -> &'static str {
         "max-pool-2x2-grad"
@@ -164,21 +172,12 @@ impl CustomOp2 for PoolGrad {
         let xd = [g.b, g.c, g.h, g.w];
         let (oh, ow) = g.out_hw();
         let od = [g.b, g.c, oh, ow];
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(d)) => CpuStorage::F32(self.op.backward(
-                operand(x, l1, &xd, "pool input")?,
-                operand(d, l2, &od, "pool output gradient")?,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(d)) => CpuStorage::F64(self.op.backward(
-                operand(x, l1, &xd, "pool input")?,
-                operand(d, l2, &od, "pool output gradient")?,
-            )),
-            (a, b) => bail!(
-                "max pool backward: needs f32 or f64 operands of one dtype, got {:?} and {:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = run_on_pair(
+            "max pool backward",
+            self,
+            Operand::new(s1, l1, &xd, "pool input"),
+            Operand::new(s2, l2, &od, "pool output gradient"),
+        )?;
         Ok((out, Shape::from(xd.to_vec())))
     }
 }
@@ -219,6 +218,12 @@ impl ScaleOp {
     }
 }
 
+impl PairKernel for ScaleOp {
+    fn run_pair<T: Real>(&self, x: &[T], s: &[T]) -> Result<Vec<T>> {
+        Ok(self.scaled(x, s)?.0)
+    }
+}
+
 impl CustomOp2 for ScaleOp {
     fn name(&self) -> &'static str {
         "scale-channels"
@@ -236,27 +241,12 @@ impl CustomOp2 for ScaleOp {
         if sd.iter().product::<usize>() != self.planes {
             bail!("scale channels: scales of shape {sd:?}");
         }
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(s)) => CpuStorage::F32(
-                self.scaled(
-                    operand(x, l1, xd, "scale input")?,
-                    operand(s, l2, sd, "scales")?,
-                )?
-                .0,
-            ),
-            (CpuStorage::F64(x), CpuStorage::F64(s)) => CpuStorage::F64(
-                self.scaled(
-                    operand(x, l1, xd, "scale input")?,
-                    operand(s, l2, sd, "scales")?,
-                )?
-                .0,
-            ),
-            (a, b) => bail!(
-                "scale channels: needs f32 or f64 operands of one dtype, got {:?} and {:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = run_on_pair(
+            "scale channels",
+            self,
+            Operand::new(s1, l1, xd, "scale input"),
+            Operand::new(s2, l2, sd, "scales"),
+        )?;
         Ok((out, Shape::from(xd)))
     }
 
@@ -295,8 +285,8 @@ struct ScaleGrad {
     sums: OnceLock<Vec<f64>>,
 }
 
-impl ScaleGrad {
-    fn run<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
+impl PairKernel for ScaleGrad {
+    fn run_pair<T: Real>(&self, x: &[T], dy: &[T]) -> Result<Vec<T>> {
         let s = &self.s;
         let (dx, sums) = zip_planes::<T, true, _>(dy, x, self.op.hw, self.op.planes, |i| {
             let k = s[i];
@@ -320,21 +310,12 @@ impl CustomOp2 for ScaleGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let xd = l1.dims();
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(d)) => CpuStorage::F32(self.run(
-                operand(x, l1, xd, "scale input")?,
-                operand(d, l2, xd, "scale output gradient")?,
-            )?),
-            (CpuStorage::F64(x), CpuStorage::F64(d)) => CpuStorage::F64(self.run(
-                operand(x, l1, xd, "scale input")?,
-                operand(d, l2, xd, "scale output gradient")?,
-            )?),
-            (a, b) => bail!(
-                "scale channels backward: needs f32 or f64 operands of one dtype, got {:?} and {:?}",
-                a.dtype(),
-                b.dtype()
-            ),
-        };
+        let out = run_on_pair(
+            "scale channels backward",
+            self,
+            Operand::new(s1, l1, xd, "scale input"),
+            Operand::new(s2, l2, xd, "scale output gradient"),
+        )?;
         Ok((out, Shape::from(xd)))
     }
 }
