@@ -972,28 +972,6 @@ fn stage_rejects_segments_past_the_track_end() {
     );
 }
 
-/// Single-thread speed on the study's 65,488-sample segments. Run with
-/// `cargo test --release --lib features::tests::log_mel_speed -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing, run by hand"]
-fn log_mel_speed() {
-    let y = signal_b();
-    let ex = extractor(&Params::default());
-    let mut out = vec![0f32; ex.output_len(65_488).unwrap()];
-    let reps = 500;
-    let start = std::time::Instant::now();
-    for r in 0..reps {
-        let offset = r % 600;
-        ex.log_mel(&y[offset..offset + 65_488], &mut out).unwrap();
-    }
-    let per_segment = start.elapsed().as_secs_f64() / reps as f64;
-    println!(
-        "log_mel: {:.3} ms per 65,488-sample segment (1 thread)",
-        per_segment * 1e3
-    );
-    assert!(out.iter().all(|v| (-80.0..=0.0).contains(v)));
-}
-
 #[test]
 fn absurd_sizes_are_rejected_naming_the_param_and_the_limit() {
     for (params, text) in [
