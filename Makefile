@@ -41,6 +41,7 @@ bench:
 	bash bench/features.sh
 	$(CARGO) bench --bench conv
 	$(CARGO) bench --bench train_step
+	bash bench/scale_out.sh
 
 ## The default U-Net trained for 30 epochs instead of 5: the validation curve behind the README's accuracy
 ## figures (about 12 minutes on 2 cores; not part of `bench`).

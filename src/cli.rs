@@ -60,6 +60,38 @@ pub enum Command {
         /// on it. Default: the number of CPUs.
         #[arg(short = 'j', long, value_name = "N")]
         jobs: Option<usize>,
+        /// Ignore the remote cache (`remote:` in pipeline.yaml, GENRELAB_REMOTE): neither look stages up in
+        /// it nor upload to it.
+        #[arg(long)]
+        offline: bool,
+        /// Where stale stages run: here, or one Slurm job per stage with `afterok` dependencies (default:
+        /// `exec.executor` in pipeline.yaml, else local). The driver needs the Slurm clients (`sbatch`,
+        /// `squeue`, `scancel`, `scontrol`) and a folder the nodes share; per-stage `exec:` sets the jobs'
+        /// `threads` (cpus), `memory`, `time`, `gres` and `partition`.
+        #[arg(long, value_enum, value_name = "EXECUTOR")]
+        executor: Option<crate::exec::Executor>,
+    },
+    /// Upload the results pipeline.lock records to the remote cache (blobs first, each record last).
+    ///
+    /// Results already there are left alone. Exit status: 0 done; 1 some stage had no intact local result
+    /// to upload (named); 2 an error (no remote configured, a read-only remote, the remote unreachable).
+    Push,
+    /// Download from the remote cache the results pipeline.lock records that the local store lacks,
+    /// verifying every blob's digest before it is stored.
+    ///
+    /// Exit status: 0 done; 1 some result was missing or unusable remotely (named); 2 an error.
+    Pull,
+    /// Run one stage as a cluster job (used by `run --executor slurm`; not for direct use).
+    #[command(hide = true)]
+    Job {
+        stage: String,
+        /// Refuse to run unless the stage plans to this key.
+        #[arg(long, value_name = "KEY")]
+        expect_key: Option<String>,
+        #[arg(long)]
+        force: bool,
+        #[arg(short = 'j', long, value_name = "N")]
+        jobs: Option<usize>,
     },
     /// Show which stages are up to date or stale, and why, without running anything. Exits 1 if any is stale.
     ///
@@ -71,12 +103,14 @@ pub enum Command {
     ///    "dataset": {"root": "<dataset.root as written>", "state": "ready" | "not_generated"},
     ///    "datasets": {"<name>": {"root": ..., "state": ...}, ...},   (only with `datasets:`)
     ///    "stages": [{"stage": "<name>", "kind": "<kind>",
-    ///                "state": "up_to_date" | "cached" | "stale",
+    ///                "state": "up_to_date" | "cached" | "remote" | "stale",
     ///                "key": "<hex digest>" | null,
     ///                "reasons": ["<why it is stale>", ...],
     ///                "summary": ["<line>", ...]}, ...]}
     ///
-    /// "cached" means stale against pipeline.lock, with the result already in the store. While the synthetic
+    /// "cached" means stale against pipeline.lock, with the result already in the store; "remote", stale
+    /// here with a result in the remote cache (`remote:` in pipeline.yaml or GENRELAB_REMOTE), which
+    /// `run` pulls instead of computing. While the synthetic
     /// corpus is not generated (or one of the named ones), its "state" is "not_generated" and every stage is
     /// stale with that reason
     /// and a null key. When nothing can be planned (exit 2):
@@ -93,6 +127,9 @@ pub enum Command {
         /// Machine-readable output: one JSON object on stdout, even on errors (see above).
         #[arg(long)]
         json: bool,
+        /// Do not ask the remote cache which stale stages it holds.
+        #[arg(long)]
+        offline: bool,
         /// Show only these stages (a family name shows all its members); the exit status is about them.
         #[arg(value_name = "STAGE")]
         stages: Vec<String>,

@@ -70,6 +70,8 @@ struct RawPipeline {
     #[serde(default)]
     exec: crate::exec::ExecConfig,
     #[serde(default)]
+    remote: Option<crate::remote::RemoteConfig>,
+    #[serde(default)]
     stages: Vec<RawStage>,
 }
 
@@ -280,6 +282,8 @@ pub struct Pipeline {
     pub datasets: BTreeMap<String, DatasetConfig>,
     /// The global `exec:` block.
     pub exec: crate::exec::ExecConfig,
+    /// The shared cache (`remote:`): a run setting like `exec:`, never in a key.
+    pub remote: Option<crate::remote::RemoteConfig>,
     pub stages: Vec<StageConfig>,
 }
 
@@ -311,10 +315,21 @@ impl Pipeline {
             }])
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(stage) = raw.stages.iter().find(|s| s.exec.executor.is_some()) {
+            return Err(ConfigErrors(vec![ConfigError::whole_file(
+                path,
+                format!(
+                    "stage `{}`: exec.executor chooses where the whole run goes, so it belongs in the \
+                     global `exec:` block (or `run --executor`), not a stage's",
+                    stage.name
+                ),
+            )]));
+        }
         let datasets = datasets(path, &source, base, raw.dataset, raw.datasets)?;
         let global_exec = raw.exec.clone();
         Ok(Pipeline {
             exec: raw.exec,
+            remote: raw.remote,
             path: path.to_path_buf(),
             datasets,
             stages: raw

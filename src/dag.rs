@@ -264,7 +264,7 @@ impl<'r> Dag<'r> {
                 }
                 sources.insert(need.artifact.to_string(), providers);
             }
-            for (key, problem) in stage.exec.resolve(1).err().unwrap_or_default() {
+            for (key, problem) in stage.exec.job_resources(1).err().unwrap_or_default() {
                 errors.push(loc.error(
                     &stage.name,
                     0,

@@ -25,6 +25,41 @@ pub struct ExecConfig {
     /// A hint of the memory the stage may use, e.g. `4GiB`, `512MiB`, `2GB` or a byte count.
     #[serde(default)]
     pub memory: Option<serde_yaml::Value>,
+    /// Where stale stages run: `local` (default) or `slurm` (one job per stage; `run --executor` overrides).
+    /// Read from the global block only.
+    #[serde(default)]
+    pub executor: Option<Executor>,
+    /// A Slurm time limit for the stage's job (`sbatch --time`), e.g. `2:00:00` or `1-12:00:00`.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Generic resources for the stage's job (`sbatch --gres`), e.g. `gpu:1`.
+    #[serde(default)]
+    pub gres: Option<String>,
+    /// The Slurm partition for the stage's job (`sbatch --partition`); default: the cluster's.
+    #[serde(default)]
+    pub partition: Option<String>,
+}
+
+/// Where stale stages run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// In this process, on this machine.
+    #[default]
+    Local,
+    /// One Slurm batch job per stage, with `afterok` dependencies mirroring the DAG.
+    Slurm,
+}
+
+/// What a stage's Slurm job asks for: `sbatch` options, every value checked so that none can be read as
+/// another option or reach a shell.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobResources {
+    pub cpus: usize,
+    pub memory_mib: Option<u64>,
+    pub time: Option<String>,
+    pub gres: Option<String>,
+    pub partition: Option<String>,
 }
 
 /// Largest thread count accepted: beyond it a typo (`threads: 10000`) would only start idle threads.
@@ -37,6 +72,61 @@ impl ExecConfig {
             threads: self.threads.or(base.threads),
             device: self.device.clone().or_else(|| base.device.clone()),
             memory: self.memory.clone().or_else(|| base.memory.clone()),
+            executor: self.executor.or(base.executor),
+            time: self.time.clone().or_else(|| base.time.clone()),
+            gres: self.gres.clone().or_else(|| base.gres.clone()),
+            partition: self.partition.clone().or_else(|| base.partition.clone()),
+        }
+    }
+
+    /// The Slurm job a stage with these settings asks for; errors name the key, every one at once.
+    pub fn job_resources(
+        &self,
+        default_threads: usize,
+    ) -> Result<JobResources, Vec<(&'static str, String)>> {
+        let settings = self.resolve(default_threads);
+        let mut errors = settings.as_ref().err().cloned().unwrap_or_default();
+        let time = self.time.as_deref().map(str::trim);
+        if let Some(time) = time {
+            // Slurm's forms: minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
+            let ok = !time.is_empty()
+                && time
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
+                && time.chars().next().is_some_and(|c| c.is_ascii_digit());
+            if !ok {
+                errors.push((
+                    "time",
+                    format!("`{time}` is not a Slurm time limit such as 2:00:00 or 1-12:00:00"),
+                ));
+            }
+        }
+        let word = |key: &'static str, value: &Option<String>, errors: &mut Vec<_>| {
+            let value = value.as_deref().map(str::trim)?;
+            let ok = !value.is_empty()
+                && !value.starts_with('-')
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.:,=/+-".contains(c));
+            if !ok {
+                errors.push((
+                    key,
+                    format!("`{value}` is not a Slurm {key} (letters, digits and _.:,=/+- only)"),
+                ));
+            }
+            Some(value.to_string())
+        };
+        let gres = word("gres", &self.gres, &mut errors);
+        let partition = word("partition", &self.partition, &mut errors);
+        match settings {
+            Ok(settings) if errors.is_empty() => Ok(JobResources {
+                cpus: settings.threads,
+                memory_mib: settings.memory_bytes.map(|b| b.div_ceil(1 << 20)),
+                time: time.map(str::to_string),
+                gres,
+                partition,
+            }),
+            _ => Err(errors),
         }
     }
 
@@ -184,5 +274,41 @@ mod tests {
             cfg("memory: 1000").resolve(1).unwrap().memory_bytes,
             Some(1000)
         );
+    }
+
+    #[test]
+    fn slurm_resources_are_checked_so_that_none_reads_as_another_option() {
+        let job = cfg("threads: 4\nmemory: 1GiB\ntime: '1-12:00:00'\ngres: gpu:1\npartition: gpu")
+            .job_resources(2)
+            .unwrap();
+        assert_eq!(
+            job,
+            JobResources {
+                cpus: 4,
+                memory_mib: Some(1024),
+                time: Some("1-12:00:00".into()),
+                gres: Some("gpu:1".into()),
+                partition: Some("gpu".into()),
+            }
+        );
+        assert_eq!(ExecConfig::default().job_resources(3).unwrap().cpus, 3);
+        // A byte count rounds up to whole MiB: never less memory than asked for.
+        assert_eq!(
+            cfg("memory: 1000").job_resources(1).unwrap().memory_mib,
+            Some(1)
+        );
+        let keys = |yaml: &str| -> Vec<&str> {
+            cfg(yaml)
+                .job_resources(1)
+                .unwrap_err()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys("time: 'two hours'"), ["time"]);
+        assert_eq!(keys("time: '-1'"), ["time"]);
+        assert_eq!(keys("gres: '--wrap=rm'"), ["gres"]);
+        assert_eq!(keys("partition: 'a b'"), ["partition"]);
+        assert_eq!(keys("threads: 0\ngres: 'x;y'"), ["threads", "gres"]);
     }
 }

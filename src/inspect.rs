@@ -349,11 +349,11 @@ pub fn verify_rerun(
         .root()
         .join("tmp")
         .join(format!("verify-rerun-{}", std::process::id()));
-    let scratch_project = Project {
-        dir: project.dir.clone(),
-        lock_path: scratch.join("pipeline.lock"),
-        store: crate::store::LocalStore::open(&scratch.join("artifacts"))?,
-    };
+    let scratch_project = Project::new(
+        project.dir.clone(),
+        scratch.join("pipeline.lock"),
+        crate::store::LocalStore::open(&scratch.join("artifacts"))?,
+    );
     let options = crate::engine::RunOptions {
         jobs,
         ..Default::default()

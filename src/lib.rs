@@ -30,6 +30,8 @@ pub mod lock;
 pub mod manifest;
 pub mod rawinput;
 pub mod reason;
+pub mod remote;
+pub mod slurm;
 pub mod store;
 
 /// glibc returns every freed block above its mmap threshold to the kernel at once, so a training step that

@@ -123,6 +123,7 @@ fn status(
     config: &Path,
     registry: &[Box<dyn StageKind>],
     json: bool,
+    offline: bool,
     only: &[String],
 ) -> anyhow::Result<ExitCode> {
     let pipeline = load(config)?;
@@ -141,7 +142,7 @@ fn status(
         .map(|(dataset, _)| dataset)
         .filter(|d| !d.root.exists())
         .collect();
-    let project = Project::open(config)?;
+    let project = Project::open(config)?.with_remote(remote(&pipeline, offline)?);
     let statuses = if let Some(missing) = not_generated.first() {
         dag.order
             .iter()
@@ -172,7 +173,7 @@ fn status(
                 serde_json::json!({
                     "stage": s.name,
                     "kind": s.kind,
-                    "state": match s.state { State::UpToDate => "up_to_date", State::Cached => "cached", State::Stale => "stale" },
+                    "state": match s.state { State::UpToDate => "up_to_date", State::Cached => "cached", State::Remote => "remote", State::Stale => "stale" },
                     "key": s.key,
                     "reasons": s.reasons.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "summary": s.summary,
@@ -213,6 +214,13 @@ fn status(
                     "stale",
                     format!(
                         "{} (result already in the store)",
+                        genrelab::reason::sentence(&s.reasons)
+                    ),
+                ),
+                State::Remote => (
+                    "stale",
+                    format!(
+                        "{} (result in the remote cache: run pulls it)",
                         genrelab::reason::sentence(&s.reasons)
                     ),
                 ),
@@ -299,9 +307,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Status { json, stages } = &cli.command {
+    if let Command::Status {
+        json,
+        offline,
+        stages,
+    } = &cli.command
+    {
         let json = *json;
-        return match status(&cli.config, &registry, json, stages) {
+        return match status(&cli.config, &registry, json, *offline, stages) {
             Err(err) if json => {
                 // Scripts read stdout: it stays JSON even when nothing could be planned.
                 println!("{:#}", error_json(&err));
@@ -335,7 +348,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", dag.render(format));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { until, force, jobs } => {
+        Command::Run {
+            until,
+            force,
+            jobs,
+            offline,
+            executor,
+        } => {
+            let project = project.with_remote(remote(&pipeline, offline)?);
+            let executor = executor.or(pipeline.exec.executor).unwrap_or_default();
             prepare_dataset(&pipeline)?;
             let cancel = Arc::new(AtomicBool::new(false));
             {
@@ -362,12 +383,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         eprintln!("{stage}: {event}");
                     }
                 });
+            let on_job: engine::JobSink = Arc::new(|stage: &str, line: &str| {
+                println!("slurm: {stage}: {line}");
+            });
             let options = RunOptions {
                 until,
                 force,
                 jobs: jobs_or_cpus(jobs)?,
                 cancel: cancel.clone(),
                 on_progress: Some(on_progress),
+                executor,
+                on_job: Some(on_job),
+                detached: false,
             };
             let results = engine::run(&project, &pipeline, &dag, &options, |result| {
                 println!("{}", result.line());
@@ -406,6 +433,91 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
+            })
+        }
+        Command::Push | Command::Pull => {
+            let push = matches!(cli.command, Command::Push);
+            let Some(remote) = remote(&pipeline, false)? else {
+                bail!(
+                    "no remote cache is configured: set `remote: s3://BUCKET/PREFIX` in {} or GENRELAB_REMOTE",
+                    cli.config.display()
+                );
+            };
+            let lock = genrelab::lock::LockFile::load(&project.lock_path)?;
+            let entries: Vec<(String, String)> = lock
+                .stages
+                .iter()
+                .map(|(name, entry)| (name.clone(), entry.key.clone()))
+                .collect();
+            let report = if push {
+                genrelab::remote::push(&remote, &entries, project.blobs(), project.actions())?
+            } else {
+                let _guard = project.lock(false, "pull")?;
+                genrelab::remote::pull(&remote, &entries, project.blobs(), project.actions())?
+            };
+            for (stage, problem) in &report.problems {
+                println!("{stage}: {problem}");
+            }
+            let mb = report.traffic.bytes as f64 / 1e6;
+            println!(
+                "{} {}: {} {}, {} already there, {} with problems; {} blobs, {mb:.1} MB in {:.1} s ({:.1} MB/s)",
+                if push { "push to" } else { "pull from" },
+                remote.url(),
+                plural(report.moved, "result"),
+                if push { "uploaded" } else { "downloaded" },
+                report.present,
+                report.problems.len(),
+                report.traffic.blobs,
+                report.seconds,
+                mb / report.seconds.max(1e-9),
+            );
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Job {
+            stage,
+            expect_key,
+            force,
+            jobs,
+        } => {
+            let project = project.with_remote(remote(&pipeline, false)?);
+            let cancel = Arc::new(AtomicBool::new(false));
+            {
+                // scancel sends SIGTERM: stop at the next safe point, keeping the checkpoint.
+                let cancel = cancel.clone();
+                ctrlc::set_handler(move || cancel.store(true, Ordering::SeqCst))
+                    .context("installing the termination handler")?;
+            }
+            let options = RunOptions {
+                jobs: jobs_or_cpus(jobs)?,
+                cancel,
+                on_progress: Some(Arc::new(
+                    |stage: &str, event: &genrelab::stage::ProgressEvent| {
+                        eprintln!("{stage}: {event}");
+                    },
+                )),
+                ..Default::default()
+            };
+            let result = engine::run_job(
+                &project,
+                &pipeline,
+                &dag,
+                &stage,
+                expect_key.as_deref(),
+                force,
+                &options,
+            )?;
+            println!("{}", result.line());
+            for line in &result.summary {
+                println!("    {line}");
+            }
+            Ok(match result.outcome {
+                engine::Outcome::Ran { .. } | engine::Outcome::Cached { .. } => ExitCode::SUCCESS,
+                engine::Outcome::Cancelled => ExitCode::from(130),
+                _ => ExitCode::from(2),
             })
         }
         Command::Lineage { target, json } => {
@@ -530,6 +642,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The remote cache pipeline.yaml or the environment names, connected; none when `offline`.
+fn remote(pipeline: &Pipeline, offline: bool) -> anyhow::Result<Option<genrelab::remote::Remote>> {
+    if offline {
+        return Ok(None);
+    }
+    let settings = genrelab::remote::RemoteSettings::resolve(pipeline.remote.as_ref(), |k| {
+        std::env::var(k).ok()
+    });
+    Ok(match settings {
+        Some(settings) => Some(genrelab::remote::Remote::connect(&settings)?),
+        None => None,
+    })
 }
 
 fn jobs_or_cpus(jobs: Option<usize>) -> anyhow::Result<usize> {

@@ -98,7 +98,9 @@ pub(super) fn execute(
     let previous = project.lookup(&planned.key).map_err(|e| e.to_string())?;
     if let (Lookup::Hit(record), false) = (&previous, job.forced) {
         // Another process finished this key while we waited for its lock.
-        finish(project, dag, job.idx, planned, record).map_err(|e| e.to_string())?;
+        if !options.detached {
+            finish(project, dag, job.idx, planned, record).map_err(|e| e.to_string())?;
+        }
         let summary = load_manifest(blobs, &record.manifest)
             .map(|m| m.summary)
             .unwrap_or_default();
@@ -107,6 +109,7 @@ pub(super) fn execute(
             Outcome::Cached {
                 reasons: job.reasons.clone(),
                 key: planned.key.clone(),
+                pulled: false,
             },
             summary,
         ));
@@ -383,6 +386,7 @@ pub(super) fn execute(
         .actions()
         .put_action(&record)
         .map_err(|e| e.to_string())?;
+    project.share(&record);
     let stats = serde_json::json!({
         "stage": node.name,
         "seconds": seconds,
@@ -395,7 +399,9 @@ pub(super) fn execute(
     store
         .put_run_stats(&planned.key, &stats)
         .map_err(|e| e.to_string())?;
-    finish(project, dag, job.idx, planned, &record).map_err(|e| e.to_string())?;
+    if !options.detached {
+        finish(project, dag, job.idx, planned, &record).map_err(|e| e.to_string())?;
+    }
     let _ = std::fs::remove_dir_all(&lock.scratch);
     // Published: the progress saved for a resume is of no more use.
     let _ = std::fs::remove_dir_all(&lock.checkpoint);

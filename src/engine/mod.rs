@@ -13,12 +13,14 @@
 //! - here: the project (its store, lock file and project lock) and the engine's errors.
 
 pub mod ancestry;
+mod cluster;
 mod execute;
 mod plan;
 mod schedule;
 
+pub use cluster::run_job;
 pub use plan::{resolve_param_files, status, ResolvedFile, StageStatus, State};
-pub use schedule::{run, unknown_stage, Outcome, RunOptions, StageResult};
+pub use schedule::{run, unknown_stage, JobSink, Outcome, RunOptions, StageResult};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +56,10 @@ pub struct Project {
     pub dir: PathBuf,
     pub lock_path: PathBuf,
     pub store: LocalStore,
+    /// The shared cache stale stages are looked up in (and results uploaded to), when one is configured.
+    pub remote: Option<crate::remote::Remote>,
+    /// Set at the remote's first failure: a cache that is down costs one warning, not one per stage.
+    remote_down: std::sync::atomic::AtomicBool,
 }
 
 /// `pipeline.yaml` locks into `pipeline.lock`, `pipeline.study.yaml` into `pipeline.study.lock`: two
@@ -78,11 +84,109 @@ impl Project {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let store = LocalStore::open(&dir.join("artifacts"))?;
-        Ok(Project {
-            lock_path: dir.join(lock_file_name(config_path)),
-            dir,
+        Ok(Project::new(
+            dir.clone(),
+            dir.join(lock_file_name(config_path)),
             store,
-        })
+        ))
+    }
+
+    /// A project over an opened store (`verify --rerun` uses a scratch one), with no remote.
+    pub fn new(dir: PathBuf, lock_path: PathBuf, store: LocalStore) -> Project {
+        Project {
+            dir,
+            lock_path,
+            store,
+            remote: None,
+            remote_down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Look stale stages up in `remote` (and upload new results to it unless it is read-only).
+    pub fn with_remote(mut self, remote: Option<crate::remote::Remote>) -> Project {
+        self.remote = remote;
+        self
+    }
+
+    /// The remote, unless none is configured or it failed earlier in this process.
+    fn live_remote(&self) -> Option<&crate::remote::Remote> {
+        self.remote
+            .as_ref()
+            .filter(|_| !self.remote_down.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn remote_failed(&self, remote: &crate::remote::Remote, error: &crate::remote::RemoteError) {
+        if !self
+            .remote_down
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            eprintln!(
+                "warning: {error}; going on without the remote cache {} for the rest of this run",
+                remote.url()
+            );
+        }
+    }
+
+    /// The local lookup of `key`; when it is not a hit, the remote's result brought home (downloaded,
+    /// verified, published locally) and looked up again. The flag says whether it came from the remote.
+    pub fn lookup_or_pull(&self, key: &str) -> Result<(Lookup, bool), StoreError> {
+        let local = self.lookup(key)?;
+        let Some(remote) = self.live_remote() else {
+            return Ok((local, false));
+        };
+        if matches!(local, Lookup::Hit(_)) {
+            return Ok((local, false));
+        }
+        match remote.fetch(key, self.blobs(), self.actions()) {
+            Ok(crate::remote::Fetched::Hit { record, downloaded }) => {
+                tracing::info!(key = %crate::hashing::short(key), blobs = downloaded.blobs, bytes = downloaded.bytes, "pulled from the remote cache");
+                // The record is published locally only after every blob it names: a local lookup now hits.
+                Ok((self.lookup(&record.key)?, true))
+            }
+            Ok(crate::remote::Fetched::Miss) => Ok((local, false)),
+            Ok(crate::remote::Fetched::Rejected(reason)) => {
+                eprintln!(
+                    "warning: remote cache {}: the result for key {} is unusable ({reason}); ignored",
+                    remote.url(),
+                    crate::hashing::short(key)
+                );
+                Ok((local, false))
+            }
+            Err(crate::remote::RemoteError::Store(e)) => Err(e),
+            Err(e) => {
+                self.remote_failed(remote, &e);
+                Ok((local, false))
+            }
+        }
+    }
+
+    /// Upload a freshly published result to the remote, unless none is configured or it is read-only. A
+    /// failed upload is a warning: the result is safe locally and `genrelab push` can send it later.
+    pub fn share(&self, record: &crate::store::ActionRecord) {
+        let Some(remote) = self.live_remote().filter(|r| !r.read_only()) else {
+            return;
+        };
+        match remote.upload(record, self.blobs()) {
+            Ok(uploaded) => tracing::info!(
+                key = %crate::hashing::short(&record.key),
+                blobs = uploaded.sent.blobs,
+                bytes = uploaded.sent.bytes,
+                "uploaded to the remote cache"
+            ),
+            Err(e) => self.remote_failed(remote, &e),
+        }
+    }
+
+    /// Whether the remote holds a record for `key` (blobs unchecked), for `status`.
+    pub fn remote_peek(&self, key: &str) -> Option<crate::store::ActionRecord> {
+        let remote = self.live_remote()?;
+        match remote.peek(key) {
+            Ok(found) => found,
+            Err(e) => {
+                self.remote_failed(remote, &e);
+                None
+            }
+        }
     }
 
     /// The blob store results are published to and read from.

@@ -124,6 +124,8 @@ pub enum State {
     UpToDate,
     /// Key differs from the lock, but a result for the new key is already in the store.
     Cached,
+    /// Stale locally, but the remote cache holds a result for the key: `run` will pull it, not compute it.
+    Remote,
     Stale,
 }
 
@@ -323,11 +325,16 @@ pub fn status(
                 }
                 why.append(&mut reasons);
                 reasons = why;
-                (State::Stale, None)
+                match project.remote_peek(&planned.key) {
+                    // Its outputs plan the stages below, as `run` will see them after pulling.
+                    Some(remote) => (State::Remote, Some(remote)),
+                    None => (State::Stale, None),
+                }
             }
         };
         let summary = record
             .as_ref()
+            .filter(|_| state != State::Remote)
             .and_then(|r| load_manifest(project.blobs(), &r.manifest))
             .map(|m| m.summary)
             .unwrap_or_default();

@@ -26,7 +26,15 @@ pub struct RunOptions {
     pub cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Where stages' progress events go; none: dropped.
     pub on_progress: Option<crate::stage::ProgressSink>,
+    /// Where stale stages run.
+    pub executor: crate::exec::Executor,
+    /// Where the Slurm executor's job lines go (stage, `slurm job 12 submitted (after 11)`); none: dropped.
+    pub on_job: Option<JobSink>,
+    /// Running as a cluster job: publish to the store, leave pipeline.lock to the driver.
+    pub detached: bool,
 }
+
+pub type JobSink = std::sync::Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Why a stage did not publish.
 pub(super) enum Stop {
@@ -51,6 +59,8 @@ pub enum Outcome {
     Cached {
         reasons: Vec<StaleReason>,
         key: Digest,
+        /// The result came from the remote cache in this run.
+        pulled: bool,
     },
     Failed {
         error: String,
@@ -85,12 +95,25 @@ impl StageResult {
                     short(key)
                 )
             }
-            Outcome::Cached { reasons, key } if reasons.is_empty() => {
+            Outcome::Cached {
+                reasons,
+                key,
+                pulled: false,
+            } if reasons.is_empty() => {
                 format!("{n}: cached (up to date) {}", short(key))
             }
-            Outcome::Cached { reasons, key } => format!(
-                "{n}: cached ({}; result restored from the store) {}",
+            Outcome::Cached {
+                reasons,
+                key,
+                pulled,
+            } => format!(
+                "{n}: cached ({}; result {}) {}",
                 crate::reason::sentence(reasons),
+                if *pulled {
+                    "pulled from the remote cache"
+                } else {
+                    "restored from the store"
+                },
                 short(key)
             ),
             Outcome::Failed { error } => format!("{n}: FAILED: {error}"),
@@ -136,42 +159,25 @@ pub fn run(
     let jobs = options.jobs.max(1);
     let cancelled = || options.cancel.load(std::sync::atomic::Ordering::Relaxed);
     let _project_lock = project.lock(true, "run")?;
-    let files = resolve_param_files(project, pipeline, dag)?;
-    let selected: BTreeSet<usize> = match &options.until {
-        Some(name) => dag
-            .select(name)
-            .ok_or_else(|| unknown_stage(dag, name))?
-            .into_iter()
-            .flat_map(|idx| dag.ancestors_and_self(idx))
-            .collect(),
-        None => (0..dag.nodes.len()).collect(),
-    };
-    let mut forced_stages = BTreeSet::new();
-    for name in &options.force {
-        forced_stages.extend(dag.select(name).ok_or_else(|| unknown_stage(dag, name))?);
-    }
-    let datasets = project.hash_datasets(
-        pipeline,
-        selected
-            .iter()
-            .flat_map(|&i| dag.nodes[i].inputs.iter())
-            .map(String::as_str)
-            .filter(|i| is_dataset_input(i)),
-    )?;
-    // Reasons are told against the lock as it was before this run touched it: recording the new datasets
-    // drops the entries computed from the old ones.
-    let lock = LockFile::load(&project.lock_path)?;
-    if !datasets.is_empty() {
-        project.update_lock(|lock| {
-            for hashed in datasets.values() {
-                match &hashed.name {
-                    None => lock.dataset = Some(hashed.lock_entry()),
-                    Some(name) => {
-                        lock.datasets.insert(name.clone(), hashed.lock_entry());
-                    }
-                }
-            }
-        })?;
+    let Prepared {
+        files,
+        selected,
+        forced_stages,
+        datasets,
+        lock,
+    } = prepare(project, pipeline, dag, options)?;
+    if options.executor == crate::exec::Executor::Slurm {
+        let prepared = Prepared {
+            files,
+            selected,
+            forced_stages,
+            datasets,
+            lock,
+        };
+        let results = super::cluster::run(project, pipeline, dag, options, prepared, report)?;
+        let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
+        project.update_lock(|lock| lock.stages.retain(|name, _| names.contains(name)))?;
+        return Ok(results);
     }
     let multi = indicatif::MultiProgress::new();
     let pool = rayon::ThreadPoolBuilder::new()
@@ -226,30 +232,26 @@ pub fn run(
                     if !deps.iter().all(|&d| matches!(slots[d], Slot::Done(_))) {
                         continue;
                     }
-                    let mut upstream: BTreeMap<String, BTreeMap<String, Digest>> = deps
-                        .iter()
-                        .filter_map(|&d| match &slots[d] {
-                            Slot::Done(r) => Some((dag.nodes[d].name.clone(), r.outputs.clone())),
+                    let (upstream, manifests) = upstream_of(
+                        dag,
+                        idx,
+                        |d| match &slots[d] {
+                            Slot::Done(r) => Some(r),
                             _ => None,
-                        })
-                        .collect();
-                    for (input, hashed) in &datasets {
-                        upstream.insert(input.clone(), dataset_outputs(&hashed.view));
-                    }
-                    let manifests: BTreeMap<String, Digest> = deps
-                        .iter()
-                        .filter_map(|&d| match &slots[d] {
-                            Slot::Done(r) => Some((dag.nodes[d].name.clone(), r.manifest.clone())),
-                            _ => None,
-                        })
-                        .collect();
+                        },
+                        &datasets,
+                    );
                     let Some(planned) = plan_stage(dag, idx, &upstream, &manifests, &files[idx])
                     else {
                         continue;
                     };
                     let forced = forced_stages.contains(&idx);
                     let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
-                    let lookup = project.lookup(&planned.key)?;
+                    let (lookup, pulled) = if forced {
+                        (project.lookup(&planned.key)?, false)
+                    } else {
+                        project.lookup_or_pull(&planned.key)?
+                    };
                     if let (Lookup::Hit(record), false) = (&lookup, forced) {
                         let summary = load_manifest(project.blobs(), &record.manifest)
                             .map(|m| m.summary)
@@ -260,6 +262,7 @@ pub fn run(
                             outcome: Outcome::Cached {
                                 reasons,
                                 key: planned.key.clone(),
+                                pulled,
                             },
                             summary,
                         };
@@ -366,6 +369,93 @@ pub fn run(
     let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
     project.update_lock(|lock| lock.stages.retain(|name, _| names.contains(name)))?;
     Ok(results)
+}
+
+/// What every executor settles before its first stage: files named by params, the stages selected by
+/// `--until` and forced by `--force`, the datasets hashed and recorded, the lock as it was before.
+pub(super) struct Prepared {
+    pub(super) files: Vec<Vec<ResolvedFile>>,
+    pub(super) selected: BTreeSet<usize>,
+    pub(super) forced_stages: BTreeSet<usize>,
+    pub(super) datasets: BTreeMap<String, HashedDataset>,
+    pub(super) lock: LockFile,
+}
+
+pub(super) fn prepare(
+    project: &Project,
+    pipeline: &Pipeline,
+    dag: &Dag,
+    options: &RunOptions,
+) -> Result<Prepared, EngineError> {
+    let files = resolve_param_files(project, pipeline, dag)?;
+    let selected: BTreeSet<usize> = match &options.until {
+        Some(name) => dag
+            .select(name)
+            .ok_or_else(|| unknown_stage(dag, name))?
+            .into_iter()
+            .flat_map(|idx| dag.ancestors_and_self(idx))
+            .collect(),
+        None => (0..dag.nodes.len()).collect(),
+    };
+    let mut forced_stages = BTreeSet::new();
+    for name in &options.force {
+        forced_stages.extend(dag.select(name).ok_or_else(|| unknown_stage(dag, name))?);
+    }
+    let datasets = project.hash_datasets(
+        pipeline,
+        selected
+            .iter()
+            .flat_map(|&i| dag.nodes[i].inputs.iter())
+            .map(String::as_str)
+            .filter(|i| is_dataset_input(i)),
+    )?;
+    // Reasons are told against the lock as it was before this run touched it: recording the new datasets
+    // drops the entries computed from the old ones.
+    let lock = LockFile::load(&project.lock_path)?;
+    if !datasets.is_empty() {
+        project.update_lock(|lock| {
+            for hashed in datasets.values() {
+                match &hashed.name {
+                    None => lock.dataset = Some(hashed.lock_entry()),
+                    Some(name) => {
+                        lock.datasets.insert(name.clone(), hashed.lock_entry());
+                    }
+                }
+            }
+        })?;
+    }
+    Ok(Prepared {
+        files,
+        selected,
+        forced_stages,
+        datasets,
+        lock,
+    })
+}
+
+/// The output digests and manifests of stage `idx`'s inputs, by input name, from the finished upstream
+/// records `done` gives (and every dataset); what [`plan_stage`] keys a stage from.
+pub(super) fn upstream_of<'a>(
+    dag: &Dag,
+    idx: usize,
+    done: impl Fn(usize) -> Option<&'a ActionRecord>,
+    datasets: &BTreeMap<String, HashedDataset>,
+) -> (
+    BTreeMap<String, BTreeMap<String, Digest>>,
+    BTreeMap<String, Digest>,
+) {
+    let mut outputs = BTreeMap::new();
+    let mut manifests = BTreeMap::new();
+    for d in dag.nodes[idx].inputs.iter().filter_map(|i| dag.index(i)) {
+        if let Some(record) = done(d) {
+            outputs.insert(dag.nodes[d].name.clone(), record.outputs.clone());
+            manifests.insert(dag.nodes[d].name.clone(), record.manifest.clone());
+        }
+    }
+    for (input, hashed) in datasets {
+        outputs.insert(input.clone(), dataset_outputs(&hashed.view));
+    }
+    (outputs, manifests)
 }
 
 pub(super) fn panic_message(stage: &str, panic: &Box<dyn std::any::Any + Send>) -> String {

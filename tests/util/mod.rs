@@ -844,3 +844,87 @@ stages:
 "
     )
 }
+
+/// A real service for a test (an S3 server, a Slurm cluster), started and stopped by the project's own
+/// script under `scripts/`, its client settings read from the `env` file the script writes.
+pub struct Service {
+    script: PathBuf,
+    dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Service {
+    /// Start `scripts/<script> start DIR`. `None` (the test then says it is skipped) when the script reports
+    /// that the service is not installed (exit 3) and `GENRELAB_REQUIRE_SERVICES` is unset; CI sets it, so
+    /// there a missing service fails the test instead.
+    pub fn start(script: &str) -> Option<Service> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(script);
+        let dir = tempfile::tempdir().expect("service dir");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.code() == Some(3) && std::env::var_os("GENRELAB_REQUIRE_SERVICES").is_none() {
+            println!("skipped: {}", stderr.trim());
+            return None;
+        }
+        assert!(
+            out.status.success(),
+            "{} start failed ({}): {stderr}",
+            script.display(),
+            out.status
+        );
+        let env_file = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let env = std::fs::read_to_string(&env_file)
+            .unwrap_or_else(|e| panic!("{env_file}: {e}"))
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.strip_prefix("export ")?.split_once('=')?;
+                Some((k.to_string(), v.to_string()))
+            })
+            .collect();
+        Some(Service { script, dir, env })
+    }
+
+    pub fn var(&self, name: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("the service set no {name}"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+impl Project {
+    /// `genrelab ARGS` with extra environment variables, in the background.
+    pub fn spawn_with(&self, env: &[(String, String)], args: &[&str]) -> Background {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        Background::start(cmd, format!("genrelab {}", args.join(" ")))
+    }
+
+    /// `genrelab ARGS` with extra environment variables, to completion.
+    pub fn run_with(&self, env: &[(String, String)], args: &[&str]) -> Run {
+        self.spawn_with(env, args)
+            .wait(Instant::now() + COMMAND_LIMIT)
+    }
+}
