@@ -14,3 +14,22 @@ ensure_genrelab() {
     [[ -x "$GENRELAB" ]] || fail "no genrelab binary at $GENRELAB"
     GENRELAB="$(cd "$(dirname "$GENRELAB")" && pwd)/$(basename "$GENRELAB")"
 }
+
+# The default pipeline's DAG shape, one stage a line as "name: input input ..." (dataset = the raw input folder):
+# the benchmarks that time the engine on trivial stages use it.
+DEFAULT_SHAPE="ingest: dataset
+split: ingest
+slice: split
+features: slice
+scaler: features
+train_vgg: scaler
+train_resse: scaler
+train_unet: scaler
+tournament: train_vgg train_resse train_unet
+cv_0: scaler tournament
+cv_1: scaler tournament
+cv_2: scaler tournament
+cv_3: scaler tournament
+cv_4: scaler tournament
+transfer: tournament
+report: cv_0 cv_1 cv_2 cv_3 cv_4 transfer"

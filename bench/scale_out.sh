@@ -83,22 +83,7 @@ say "timing status with the remote ($RUNS rounds, alternated with --offline)..."
 # shellcheck disable=SC1090
 source "$(bash "$REPO/scripts/slurm-cluster.sh" start "$SLURM")"
 unset GENRELAB_REMOTE
-SHAPE="ingest:
-split: ingest
-slice: split
-features: slice
-scaler: features
-train_vgg: scaler
-train_resse: scaler
-train_unet: scaler
-tournament: train_vgg train_resse train_unet
-cv_0: scaler tournament
-cv_1: scaler tournament
-cv_2: scaler tournament
-cv_3: scaler tournament
-cv_4: scaler tournament
-transfer: tournament
-report: cv_0 cv_1 cv_2 cv_3 cv_4 transfer"
+SHAPE="$DEFAULT_SHAPE"
 DAGS=$(printf '%s\n' "$SHAPE" | wc -l)
 write_dag() {
     mkdir -p "$1/data"
@@ -106,7 +91,7 @@ write_dag() {
         printf 'dataset:\n  root: data\nstages:\n'
         while IFS=':' read -r name inputs; do
             printf '  - name: %s\n' "$name"
-            if [[ -z "${inputs// /}" ]]; then
+            if [[ "${inputs// /}" == dataset ]]; then
                 printf '    kind: toy_source\n    params: {value: %s, size: 1000}\n' "$name"
             else
                 printf '    kind: toy_map\n    inputs: [%s]\n    params: {salt: %s}\n' \

@@ -35,23 +35,8 @@ source "$HERE/common.sh"
 # --- the binary --------------------------------------------------------------------------------------------
 ensure_genrelab
 
-# --- the DAG shape, shared by both tools: "name: input input ..." (dataset = the raw input folder) ----------
-SHAPE="ingest: dataset
-split: ingest
-slice: split
-features: slice
-scaler: features
-train_vgg: scaler
-train_resse: scaler
-train_unet: scaler
-tournament: train_vgg train_resse train_unet
-cv_0: scaler tournament
-cv_1: scaler tournament
-cv_2: scaler tournament
-cv_3: scaler tournament
-cv_4: scaler tournament
-transfer: tournament
-report: cv_0 cv_1 cv_2 cv_3 cv_4 transfer"
+# --- the DAG shape (DEFAULT_SHAPE, from common.sh), shared by both tools --------------------------------------
+SHAPE="$DEFAULT_SHAPE"
 STAGES=$(printf '%s\n' "$SHAPE" | wc -l)
 [[ "$STAGES" -eq 16 ]] || fail "shape has $STAGES stages, expected 16"
 

@@ -22,6 +22,12 @@ use genrelab::stages;
 use genrelab::stages::synth::SynthParams;
 
 fn main() -> ExitCode {
+    // `genrelab status | head` should end quietly when head has read enough, as other Unix tools do,
+    // instead of panicking on the closed pipe.
+    // SAFETY: called first in main, before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     genrelab::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -513,8 +513,8 @@ fn s3_store(bucket: &str, url: &str) -> Result<object_store::aws::AmazonS3, Remo
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_retry(object_store::RetryConfig {
-            max_retries: 3,
-            retry_timeout: Duration::from_secs(30),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(15),
             ..Default::default()
         })
         .with_client_options(

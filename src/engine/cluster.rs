@@ -23,7 +23,7 @@ use crate::hashing::short;
 use crate::slurm::{self, JobId, JobSpec, JobState};
 use crate::store::{ActionRecord, Lookup};
 
-use super::execute::{execute, finish, set_aside};
+use super::execute::{execute, finish};
 use super::plan::*;
 use super::schedule::*;
 use super::*;
@@ -90,6 +90,8 @@ pub(super) fn run(
     let cancelled = || options.cancel.load(std::sync::atomic::Ordering::Relaxed);
 
     let mut cells: Vec<Cell> = (0..dag.nodes.len()).map(|_| Cell::Pending).collect();
+    // The last state told for each job, so that each change is told once.
+    let mut told: BTreeMap<JobId, String> = BTreeMap::new();
     let mut results = Vec::new();
     let mut settle = |cells: &mut Vec<Cell>, idx: usize, result: StageResult, cell: Cell| {
         report(&result);
@@ -137,34 +139,13 @@ pub(super) fn run(
                 let Some(planned) = plan_stage(dag, idx, &upstream, &manifests, &files[idx]) else {
                     continue;
                 };
-                reasons = reasons_against_lock(&lock, dag, idx, &planned);
-                let (lookup, pulled) = if forced {
-                    (project.lookup(&planned.key)?, false)
-                } else {
-                    project.lookup_or_pull(&planned.key)?
-                };
-                if let (Lookup::Hit(record), false) = (&lookup, forced) {
-                    finish(project, dag, idx, &planned, record)?;
-                    let summary = load_manifest(project.blobs(), &record.manifest)
-                        .map(|m| m.summary)
-                        .unwrap_or_default();
-                    let result = StageResult {
-                        name: node.name.clone(),
-                        outcome: Outcome::Cached {
-                            reasons,
-                            key: planned.key.clone(),
-                            pulled,
-                        },
-                        summary,
-                    };
-                    settle(&mut cells, idx, result, Cell::Done(record.clone()));
-                    continue;
-                }
-                let mut broken = broken_reasons(&lookup);
-                if !broken.is_empty() {
-                    set_aside(project.blobs(), project.actions(), &planned.key, &lookup)?;
-                    broken.append(&mut reasons);
-                    reasons = broken;
+                let stale = reasons_against_lock(&lock, dag, idx, &planned);
+                match from_store(project, dag, idx, &planned, forced, stale)? {
+                    FromStore::Cached(result, record) => {
+                        settle(&mut cells, idx, result, Cell::Done(record));
+                        continue;
+                    }
+                    FromStore::Run(stale) => reasons = stale,
                 }
                 expect_key = Some(planned.key);
             }
@@ -315,6 +296,11 @@ pub(super) fn run(
             // A job that left the queue (past MinJobAge) is judged by what it left in the store.
             let state = states.get(&job).cloned().unwrap_or(JobState::Completed);
             if !state.finished() {
+                if told.insert(job, state.word().to_string()).as_deref() != Some(state.word())
+                    && state != JobState::Pending
+                {
+                    say(&node.name, format!("job {job} {}", state.word()));
+                }
                 continue;
             }
             changed = true;

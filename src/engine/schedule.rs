@@ -246,39 +246,18 @@ pub fn run(
                         continue;
                     };
                     let forced = forced_stages.contains(&idx);
-                    let mut reasons = reasons_against_lock(&lock, dag, idx, &planned);
-                    let (lookup, pulled) = if forced {
-                        (project.lookup(&planned.key)?, false)
-                    } else {
-                        project.lookup_or_pull(&planned.key)?
-                    };
-                    if let (Lookup::Hit(record), false) = (&lookup, forced) {
-                        let summary = load_manifest(project.blobs(), &record.manifest)
-                            .map(|m| m.summary)
-                            .unwrap_or_default();
-                        finish(project, dag, idx, &planned, record)?;
-                        let result = StageResult {
-                            name: node.name.clone(),
-                            outcome: Outcome::Cached {
-                                reasons,
-                                key: planned.key.clone(),
-                                pulled,
-                            },
-                            summary,
+                    let reasons = reasons_against_lock(&lock, dag, idx, &planned);
+                    let mut reasons =
+                        match from_store(project, dag, idx, &planned, forced, reasons)? {
+                            FromStore::Cached(result, record) => {
+                                report(&result);
+                                results.push(result);
+                                slots[idx] = Slot::Done(record);
+                                progressed = true;
+                                continue;
+                            }
+                            FromStore::Run(reasons) => reasons,
                         };
-                        report(&result);
-                        results.push(result);
-                        slots[idx] = Slot::Done(record.clone());
-                        progressed = true;
-                        continue;
-                    }
-                    // A stored result that fails its digest is never used: set it aside and recompute.
-                    let mut broken = broken_reasons(&lookup);
-                    if !broken.is_empty() {
-                        set_aside(project.blobs(), project.actions(), &planned.key, &lookup)?;
-                        broken.append(&mut reasons);
-                        reasons = broken;
-                    }
                     if running >= jobs {
                         continue;
                     }
@@ -369,6 +348,54 @@ pub fn run(
     let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
     project.update_lock(|lock| lock.stages.retain(|name, _| names.contains(name)))?;
     Ok(results)
+}
+
+/// What the store (or the remote cache) holds for a planned stage.
+pub(super) enum FromStore {
+    /// A usable result, recorded in pipeline.lock: the stage's line and its record.
+    Cached(StageResult, ActionRecord),
+    /// The stage must run, for these reasons (what was wrong with a stored result first).
+    Run(Vec<StaleReason>),
+}
+
+/// Look a planned stage's key up, pulling from the remote unless forced; record a hit in pipeline.lock. A
+/// stored result that fails its digest is never used: it is set aside, to be recomputed.
+pub(super) fn from_store(
+    project: &Project,
+    dag: &Dag,
+    idx: usize,
+    planned: &Planned,
+    forced: bool,
+    mut reasons: Vec<StaleReason>,
+) -> Result<FromStore, EngineError> {
+    let (lookup, pulled) = if forced {
+        (project.lookup(&planned.key)?, false)
+    } else {
+        project.lookup_or_pull(&planned.key)?
+    };
+    if let (Lookup::Hit(record), false) = (&lookup, forced) {
+        let summary = load_manifest(project.blobs(), &record.manifest)
+            .map(|m| m.summary)
+            .unwrap_or_default();
+        finish(project, dag, idx, planned, record)?;
+        let result = StageResult {
+            name: dag.nodes[idx].name.clone(),
+            outcome: Outcome::Cached {
+                reasons,
+                key: planned.key.clone(),
+                pulled,
+            },
+            summary,
+        };
+        return Ok(FromStore::Cached(result, record.clone()));
+    }
+    let mut broken = broken_reasons(&lookup);
+    if !broken.is_empty() {
+        set_aside(project.blobs(), project.actions(), &planned.key, &lookup)?;
+        broken.append(&mut reasons);
+        reasons = broken;
+    }
+    Ok(FromStore::Run(reasons))
 }
 
 /// What every executor settles before its first stage: files named by params, the stages selected by
