@@ -19,13 +19,19 @@ free_port() {
 }
 
 stop() {
-  local dir=$1
+  local dir=$1 pid
   for name in slurmd slurmctld munged; do
     if [ -f "$dir/$name.pid" ]; then
-      kill "$(cat "$dir/$name.pid")" 2>/dev/null || true
+      pid=$(cat "$dir/$name.pid")
+      kill "$pid" 2>/dev/null || true
+      # Gone before the next daemon is stopped (or killed after 10 s), so no test leaves one behind.
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
       rm -f "$dir/$name.pid"
     fi
   done
+  # slurmctld's helper process (slurmscriptd) runs from the same conf.
+  pkill -f "slurmctld -f $dir/slurm.conf" 2>/dev/null || true
 }
 
 case "${1:-}" in
