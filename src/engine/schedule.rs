@@ -159,26 +159,19 @@ pub fn run(
     let jobs = options.jobs.max(1);
     let cancelled = || options.cancel.load(std::sync::atomic::Ordering::Relaxed);
     let _project_lock = project.lock(true, "run")?;
+    let prepared = prepare(project, pipeline, dag, options)?;
+    if options.executor == crate::exec::Executor::Slurm {
+        let results = super::cluster::run(project, pipeline, dag, options, prepared, report)?;
+        forget_removed_stages(project, dag)?;
+        return Ok(results);
+    }
     let Prepared {
         files,
         selected,
         forced_stages,
         datasets,
         lock,
-    } = prepare(project, pipeline, dag, options)?;
-    if options.executor == crate::exec::Executor::Slurm {
-        let prepared = Prepared {
-            files,
-            selected,
-            forced_stages,
-            datasets,
-            lock,
-        };
-        let results = super::cluster::run(project, pipeline, dag, options, prepared, report)?;
-        let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
-        project.update_lock(|lock| lock.stages.retain(|name, _| names.contains(name)))?;
-        return Ok(results);
-    }
+    } = prepared;
     let multi = indicatif::MultiProgress::new();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
@@ -345,9 +338,15 @@ pub fn run(
         }
         Ok(())
     })?;
+    forget_removed_stages(project, dag)?;
+    Ok(results)
+}
+
+/// Drop pipeline.lock's entries for stages pipeline.yaml no longer has.
+fn forget_removed_stages(project: &Project, dag: &Dag) -> Result<(), EngineError> {
     let names: BTreeSet<String> = dag.nodes.iter().map(|n| n.name.clone()).collect();
     project.update_lock(|lock| lock.stages.retain(|name, _| names.contains(name)))?;
-    Ok(results)
+    Ok(())
 }
 
 /// What the store (or the remote cache) holds for a planned stage.
