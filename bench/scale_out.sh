@@ -115,7 +115,8 @@ say "timing the $DAGS-stage DAG on Slurm and locally ($SLURM_RUNS rounds, altern
 cmp -s "$C/pipeline.lock" "$L/pipeline.lock" || fail "the Slurm run's lock differs from the local run's"
 
 python3 - "$BYTES" "$PULL" "$PULL_MIN" "$PULL_MAX" "$CP" "$CP_MIN" "$CP_MAX" "$STAGES" "$ST" "$ST_MIN" "$ST_MAX" \
-    "$OFF" "$OFF_MIN" "$OFF_MAX" "$DAGS" "$SL" "$SL_MIN" "$SL_MAX" "$LO" "$LO_MIN" "$LO_MAX" "$push_line" <<'PY'
+    "$OFF" "$OFF_MIN" "$OFF_MAX" "$DAGS" "$SL" "$SL_MIN" "$SL_MAX" "$LO" "$LO_MIN" "$LO_MAX" "$push_line" \
+    "$(bash "$REPO/scripts/s3-server.sh" which)" <<'PY'
 import sys
 a = sys.argv[1:]
 mb = int(a[0]) / 1e6
@@ -125,6 +126,7 @@ stages = int(a[7])
 (st, smin, smax, off, omin, omax) = map(float, a[8:14])
 dags = int(a[14])
 (sl, slmin, slmax, lo, lomin, lomax) = map(float, a[15:21])
+print(f"S3 server: {a[22]}")
 print(f"push of the default pipeline's locked results: {a[21]}")
 print(f"full pull, {mb:.1f} MB of blobs, every one hashed (median, min-max of alternated rounds):")
 print(f"  genrelab pull   {pull:7.2f} s ({pmin:.2f}-{pmax:.2f})  {mb / pull:7.1f} MB/s")
