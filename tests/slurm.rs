@@ -199,7 +199,9 @@ fn the_slurm_executor_on_a_one_node_cluster() {
 
     // A killed driver's job is adopted by the next driver, not submitted again.
     std::fs::remove_file(&signal).unwrap();
-    let short = slow.replace("sleep_ms: 120000", "sleep_ms: 3000");
+    // The job must still be running when the second driver looks at the queue: 20 s leaves a loaded machine
+    // room to reap the killed driver and start the next one (the test then waits for the job to end).
+    let short = slow.replace("sleep_ms: 120000", "sleep_ms: 20000");
     let p = Project::new(&short);
     let driver = p.spawn_with(env, &["run", "--executor", "slurm"]);
     wait_for("the job to start", Instant::now() + COMMAND_LIMIT, || {
